@@ -1,0 +1,38 @@
+"""Central-difference gradient checking: the oracle for every hand-written backward pass."""
+import numpy as np
+
+
+def rel_error(a, b):
+    """max |a - b| / max(|a| + |b|, tiny): about 1e-7 or less means the gradients agree."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-12)))
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """d f / d x by central differences; f() -> float reads ``x`` (an array changed in place)."""
+    grad = np.zeros_like(x, dtype=np.float64)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        up = f()
+        x[i] = old - eps
+        down = f()
+        x[i] = old
+        grad[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def plan_numerical_grads(params, x, y, plan, losses_fn, eps=1e-6):
+    """The Plan's gradients by finite differences: for each parameter of block l, the sum over the
+    stages s that train l of d l_s / d theta; for head s, d l_s / d theta. ``losses_fn(params, x, y,
+    plan)`` returns the per-stage losses computed with no stop-gradient at all, so every derivative
+    is the full one, and only the Plan decides which of them are summed."""
+    grads = {}
+    for name, value in params.items():
+        kind, index = name.split(".")[:2]
+        stages = plan.losses_for(int(index)) if kind == "blocks" else (int(index),)
+        grads[name] = sum(numerical_grad(lambda: losses_fn(params, x, y, plan)[s], value, eps)
+                          for s in stages)
+    return grads

@@ -1,0 +1,55 @@
+"""The NumPy training loop: minibatch SGD/Adam on local gradients, with per-stage history.
+
+History format (shared with the torch loop): a dict of lists, one entry per evaluation
+``step``; ``train_loss``, ``test_loss`` and ``test_acc`` hold one value per stage.
+"""
+import numpy as np
+from tqdm.auto import tqdm
+
+from .layers import softmax_cross_entropy_fwd
+from .mlp import forward, local_grads
+from .optim import SGD, Adam
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def evaluate(params, x, y, plan, activation="relu"):
+    """Per-stage test loss and accuracy, from every head (batch-free: x is (N, D))."""
+    _, _, heads = forward(params, x, plan, activation)
+    losses = [float(softmax_cross_entropy_fwd(logits, y)[0]) for logits, _ in heads]
+    accs = [float((logits.argmax(axis=1) == y).mean()) for logits, _ in heads]
+    return losses, accs
+
+
+def train(params, plan, data, steps=1000, batch_size=128, optimizer="adam", lr=1e-3,
+          momentum=0.9, eval_every=100, seed=0, activation="relu", progress=True):
+    """Train ``params`` in place with the Plan's local gradients; returns the history dict."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"train: optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train: {name} must be a positive int, got {value!r}")
+    kwargs = {"lr": lr, "momentum": momentum} if optimizer == "sgd" else {"lr": lr}
+    opt = OPTIMIZERS[optimizer](params, **kwargs)
+    x, y = data["x"].astype(next(iter(params.values())).dtype), data["y"]
+    rng = np.random.default_rng(seed)
+    history = {"step": [], "train_loss": [], "test_loss": [], "test_acc": []}
+    running = []
+    order, pos = rng.permutation(len(x)), 0
+    for step in tqdm(range(1, steps + 1), desc=f"numpy {plan.name or 'plan'}", disable=not progress):
+        if pos + batch_size > len(x):
+            order, pos = rng.permutation(len(x)), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        grads, losses = local_grads(params, x[idx], y[idx], plan, activation)
+        opt.step(grads)
+        running.append(losses)
+        if step % eval_every == 0 or step == steps:
+            test_loss, test_acc = evaluate(params, data["x_test"].astype(x.dtype), data["y_test"],
+                                           plan, activation)
+            history["step"].append(step)
+            history["train_loss"].append([float(v) for v in np.mean(running, axis=0)])
+            history["test_loss"].append(test_loss)
+            history["test_acc"].append(test_acc)
+            running = []
+    return history
