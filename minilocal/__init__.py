@@ -1,9 +1,21 @@
 """minilocal: local parallelism (greedy, overlapping and chunked local updates) from scratch.
 
 The Plan says which loss trains which block; the NumPy core (``minilocal.numpy_core``) and the
-torch ``LocalNet`` both read it.
+torch ``LocalNet`` both read it. Torch is imported only when a torch name is first used, so the
+NumPy lessons start fast.
 """
 from .plan import Plan
 
-__all__ = ["Plan"]
+__all__ = ["Plan", "LocalNet", "stage_step", "device"]
 __version__ = "0.1.0"
+
+_LAZY = {"LocalNet": "local", "Stage": "local", "stage_step": "local", "StepResult": "local",
+         "device": "devices"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'minilocal' has no attribute {name!r}")
