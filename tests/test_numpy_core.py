@@ -109,6 +109,20 @@ def test_equivalences_between_methods():
     assert not np.allclose(g_greedy["blocks.0.weight"], g_bp["blocks.0.weight"])
 
 
+@pytest.mark.parametrize("plan, peak", [(Plan.backprop(3), 1080), (Plan.greedy(3), 648),
+                                        (Plan.overlapping(3), 864), (Plan.chunked(3, 2), 864)],
+                         ids=lambda v: getattr(v, "name", str(v)))
+def test_peak_cached_activation_bytes_by_hand(plan, peak):
+    """B=6, D_in=5, H=4, C=3, float64. Block 0 keeps x (6x5x8=240 B) + relu mask (6x4x1=24 B) = 264;
+    later blocks 192 + 24 = 216; the live head keeps 192 and the loss 144 + 48 (int64 labels) = 192.
+    Greedy frees each block after its stage: max(264, 216) + 384. Backprop: all three + 384.
+    Overlapping keeps block l-1 alive for l_l: 264 + 216 + 384. Chunked(3, 2): stage 0 = blocks 0-1."""
+    x, y = small_problem()
+    stats = {}
+    local_grads(init_mlp(plan, d_in=5, width=4, n_classes=3), x, y, plan, stats=stats)
+    assert stats["peak_cache_bytes"] == peak
+
+
 # --- hand-worked scalar nets: 1 input, width 1, 2 classes, relu on positive values (= identity),
 # head s gives logits (a_s * h, 0) and the label is class 1, so l_s = log(1 + exp(a_s h)) and
 # d l_s / d h = a_s * sigmoid(a_s * h). SGD with lr = 1: w <- w - g.

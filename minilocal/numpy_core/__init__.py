@@ -1,8 +1,8 @@
 """Local updates from scratch in NumPy: layers, an MLP with per-stage heads, optimizers, training."""
 from .gradcheck import numerical_grad, plan_numerical_grads, rel_error
-from .mlp import forward, init_mlp, local_grads, predict, stage_losses
+from .mlp import cache_bytes, forward, init_mlp, local_grads, predict, stage_losses
 from .optim import SGD, Adam
 from .train import evaluate, train
 
-__all__ = ["Adam", "SGD", "evaluate", "forward", "init_mlp", "local_grads", "numerical_grad",
+__all__ = ["Adam", "SGD", "cache_bytes", "evaluate", "forward", "init_mlp", "local_grads", "numerical_grad",
            "plan_numerical_grads", "predict", "rel_error", "stage_losses", "train"]

@@ -10,13 +10,13 @@ import numpy as np
 def linear_fwd(x, params):
     """x: (B, D_in), params weight (D_out, D_in), bias (D_out,) -> (B, D_out)."""
     out = x @ params["weight"].T + params["bias"]
-    return out, (x, params["weight"])
+    return out, (x, params)  # params by reference: the cache holds no copy of the weights
 
 
 def linear_bwd(dout, cache):
     """dout: (B, D_out) -> dx (B, D_in), {'weight': (D_out, D_in), 'bias': (D_out,)}."""
-    x, w = cache
-    return dout @ w, {"weight": dout.T @ x, "bias": dout.sum(axis=0)}
+    x, params = cache
+    return dout @ params["weight"], {"weight": dout.T @ x, "bias": dout.sum(axis=0)}
 
 
 def relu_fwd(x, params=None):

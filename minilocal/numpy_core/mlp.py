@@ -59,21 +59,37 @@ def predict(params, x, plan, activation="relu", stage=-1):
     return heads[stage][0].argmax(axis=1)
 
 
-def local_grads(params, x, y, plan, activation="relu"):
+def cache_bytes(cache):
+    """Bytes of the arrays held in a (nested) cache: the activations kept for backward
+    (parameter dicts inside caches are references to the weights, not activations, so skipped)."""
+    if isinstance(cache, np.ndarray):
+        return cache.nbytes
+    if isinstance(cache, (tuple, list)):
+        return sum(cache_bytes(c) for c in cache)
+    return 0
+
+
+def local_grads(params, x, y, plan, activation="relu", stats=None):
     """Gradients exactly as the Plan says, and the per-stage losses.
 
     grad(block l) = sum over stages s with l in plan.trained_by(s) of dl_s/dtheta_l, where the
     derivative runs back through every block of trained_by(s) and stops at the input of its first
-    block (the stop-gradient). A head gets only its own loss. One forward pass is shared: the
-    backward pass of each loss reuses the caches, so nothing is recomputed.
+    block (the stop-gradient). A head gets only its own loss.
+
+    Stages run in order, forward then backward, and a block's cache is freed as soon as no later
+    window needs it: greedy keeps one block's activations alive, backprop keeps all of them. Pass
+    a dict as ``stats`` to get ``stats["peak_cache_bytes"]``.
     """
-    _, caches, heads = forward(params, x, plan, activation)
     grads = {k: np.zeros_like(v) for k, v in params.items()}
-    losses = []
-    for s in range(plan.n_stages):
-        logits, head_cache = heads[s]
+    caches, losses, h, peak = {}, [], x, 0
+    for s, stage in enumerate(plan.stages):
+        for l in stage:
+            h, caches[l] = dense_fwd(h, sub(params, f"blocks.{l}"), activation)
+        logits, head_cache = linear_fwd(h, sub(params, f"heads.{s}"))
         loss, ce_cache = softmax_cross_entropy_fwd(logits, y)
         losses.append(loss)
+        peak = max(peak, sum(cache_bytes(c) for c in caches.values())
+                   + cache_bytes(head_cache) + cache_bytes(ce_cache))
         dh, g = linear_bwd(softmax_cross_entropy_bwd(1.0, ce_cache), head_cache)
         for name, value in g.items():
             grads[f"heads.{s}.{name}"] += value
@@ -81,4 +97,9 @@ def local_grads(params, x, y, plan, activation="relu"):
             dh, g = dense_bwd(dh, caches[l])
             for name, value in g.items():
                 grads[f"blocks.{l}.{name}"] += value
+        still_needed = plan.trained_by(s + 1)[0] if s + 1 < plan.n_stages else plan.n_blocks
+        for l in [l for l in caches if l < still_needed]:
+            del caches[l]
+    if stats is not None:
+        stats["peak_cache_bytes"] = peak
     return grads, losses
