@@ -5,7 +5,6 @@ raises ``AssertionError`` on a wrong answer (loudly, with the numbers), and when
 function raises ``NotImplementedError`` says the exercise is not done yet and returns the
 reference, so the rest of the notebook keeps running. It returns the function to use from then on.
 """
-import copy
 import math
 
 import numpy as np
@@ -57,17 +56,19 @@ def check(exercise, student_fn, reference_fn, cases, tol=1e-6, compare=None):
     """Compare ``student_fn(*case)`` with ``reference_fn(*case)`` for every case (a tuple of args).
 
     ``compare`` (optional) maps a result to the part that must match, e.g. ``lambda r: r[0]`` to
-    ignore a cache whose layout is the student's choice. Each function gets its own copy of the
-    arguments, so an in-place edit by one cannot change what the other sees.
+    ignore a cache whose layout is the student's choice. The reference answer is copied before the
+    student's function runs, so editing an input in place cannot change what it is compared with.
     Returns ``student_fn`` when it passes, ``reference_fn`` when it is not implemented yet.
     """
     _check_arguments(exercise, cases, tol)
     select = compare or (lambda result: result)
     worst = 0.0
     for i, args in enumerate(cases):
-        want = select(reference_fn(*copy.deepcopy(args)))
+        # Copied, not deep-copied: arguments may be closures over each other (f and x in a
+        # numerical gradient), and a copy of x would no longer be the x that f reads.
+        want = [a.copy() for a in _as_arrays(select(reference_fn(*args)))]
         try:
-            got = student_fn(*copy.deepcopy(args))
+            got = student_fn(*args)
         except NotImplementedError:
             print(f"Exercise {exercise}: not done yet -> using the reference implementation")
             return reference_fn

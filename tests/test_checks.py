@@ -115,3 +115,20 @@ def test_an_in_place_edit_cannot_change_the_reference_answer():
 def test_bad_arguments_get_a_clear_error(cases, tol, error, message):
     with pytest.raises(error, match=r"check\('9\.1', \.\.\.\): " + message):
         check("9.1", relu, relu, cases, tol=tol)
+
+
+def test_arguments_that_close_over_each_other_still_work():
+    from minilocal.numpy_core import numerical_grad
+    x = np.array([1.0, -2.0, 0.5])
+    f = lambda: float(np.sum(x ** 3))                # f reads x: the gradient is 3 x^2
+
+    def forward_difference(f, x, eps=1e-6):
+        grad = np.zeros_like(x)
+        for i in range(x.size):
+            old, base = x[i], f()
+            x[i] = old + eps
+            grad[i] = (f() - base) / eps
+            x[i] = old
+        return grad
+    assert check("9.4", forward_difference, numerical_grad, [(f, x)], tol=1e-5) is forward_difference
+    np.testing.assert_allclose(numerical_grad(f, x), 3 * x ** 2, rtol=1e-8)
