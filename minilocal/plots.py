@@ -123,11 +123,11 @@ def _check_history(history, metric, where):
                          f"there must be one row (one value per stage) per step")
     if not rows:
         raise ValueError(f"{where}: history is empty; train for at least one evaluation step")
-    values = np.asarray(rows, dtype=float)
-    if values.ndim != 2:
+    lengths = sorted({len(r) if hasattr(r, "__len__") else 0 for r in rows})
+    if len(lengths) != 1 or lengths[0] == 0:
         raise ValueError(f"{where}: every {metric!r} row must hold one value per stage, all of the "
-                         f"same length; got rows of lengths {sorted({len(r) for r in rows})}")
-    return np.asarray(steps), values  # (N,), (N, K)
+                         f"same length; got rows of lengths {lengths}")
+    return np.asarray(steps), np.asarray(rows, dtype=float)  # (N,), (N, K)
 
 
 def output_curve(history, metric="test_acc"):

@@ -1,0 +1,215 @@
+"""Plots and the plan explorer, headless (Agg): the right artists, the right data, clear errors."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from minilocal import Plan  # noqa: E402
+from minilocal.plots import final_metrics, output_curve, plot_compare, plot_history, plot_plan  # noqa: E402
+from minilocal.widgets import parse_spec, plan_explorer, plan_from_choice, plan_from_spec  # noqa: E402
+
+PLANS = [Plan.backprop(5), Plan.greedy(5), Plan.overlapping(5), Plan.chunked(5, 2),
+         Plan(((0, 1), (2,), (3, 4)), overlap=2)]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def tagged(ax, kind):
+    """{index: artist} for the diagram artists whose gid is '<kind>-<index>'."""
+    found = {}
+    for artist in ax.findobj(lambda a: (a.get_gid() or "").startswith(kind + "-")):
+        found[int(artist.get_gid().split("-")[1])] = artist
+    return found
+
+
+def covered_blocks(ax, xmin, xmax):
+    """Blocks whose box centre lies in [xmin, xmax]."""
+    return tuple(sorted(b for b, box in tagged(ax, "block").items()
+                        if xmin <= box.get_x() + box.get_width() / 2 <= xmax))
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.name or "general")
+def test_diagram_draws_one_box_per_block_and_one_head_loss_bracket_per_stage(plan):
+    _, ax = plot_plan(plan)
+    assert sorted(tagged(ax, "block")) == list(range(plan.n_blocks))
+    for kind in ("stage", "head", "loss", "bracket"):
+        assert sorted(tagged(ax, kind)) == list(range(plan.n_stages)), kind
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.name or "general")
+def test_brackets_cover_exactly_the_blocks_each_loss_trains(plan):
+    _, ax = plot_plan(plan)
+    boxes = tagged(ax, "block")
+    for s, bracket in tagged(ax, "bracket").items():
+        xs = bracket.get_xdata()
+        assert covered_blocks(ax, min(xs), max(xs)) == plan.trained_by(s)
+        head = tagged(ax, "head")[s]
+        last = boxes[plan.stages[s][-1]]  # the head hangs under its stage's last block
+        assert np.isclose(head.get_x() + head.get_width() / 2, last.get_x() + last.get_width() / 2)
+
+
+def test_overlapping_brackets_are_hand_worked_and_drawn_on_different_rows():
+    _, ax = plot_plan(Plan.overlapping(4))
+    brackets = tagged(ax, "bracket")
+    spans = [covered_blocks(ax, min(b.get_xdata()), max(b.get_xdata())) for _, b in sorted(brackets.items())]
+    assert spans == [(0,), (0, 1), (1, 2), (2, 3)]  # block s learns from l_s and l_{s+1}
+    height = {s: max(b.get_ydata()) for s, b in brackets.items()}
+    for s in range(1, 4):  # neighbours share a block, so they must not share a row
+        assert height[s] != height[s - 1]
+
+
+def test_greedy_brackets_share_one_row():
+    _, ax = plot_plan(Plan.greedy(4))
+    assert len({max(b.get_ydata()) for b in tagged(ax, "bracket").values()}) == 1
+
+
+def test_diagram_draws_on_a_given_axes():
+    fig, ax = plt.subplots()
+    assert plot_plan(Plan.greedy(3), ax=ax) == (fig, ax)
+
+
+def test_diagram_bad_input_raises_clear_errors():
+    with pytest.raises(TypeError, match="plot_plan: plan must be a minilocal.Plan, got tuple"):
+        plot_plan(((0, 1), (2,)))
+    with pytest.raises(ValueError, match="plan has 40 blocks.*up to 32"):
+        plot_plan(Plan.greedy(40))
+    with pytest.raises(TypeError, match="ax must be a matplotlib Axes or None, got str"):
+        plot_plan(Plan.greedy(3), ax="left")
+
+
+# A hand-made history: 3 evaluations of a 2-stage plan.
+HISTORY = {"step": [10, 20, 30],
+           "train_loss": [[2.0, 2.1], [1.5, 1.4], [1.2, 1.0]],
+           "test_loss": [[2.1, 2.2], [1.6, 1.5], [1.3, 1.1]],
+           "test_acc": [[0.2, 0.1], [0.4, 0.5], [0.5, 0.7]]}
+
+
+def test_history_draws_one_curve_per_stage_with_the_history_values():
+    _, ax = plot_history(HISTORY, metric="test_loss")
+    lines = ax.get_lines()
+    assert len(lines) == 2
+    for s, line in enumerate(lines):
+        np.testing.assert_array_equal(line.get_xdata(), [10, 20, 30])
+        np.testing.assert_array_equal(line.get_ydata(), [row[s] for row in HISTORY["test_loss"]])
+    assert ax.get_ylabel() == "test loss"
+
+
+def test_history_from_a_real_training_run():
+    from minilocal.numpy_core import init_mlp, train
+
+    plan = Plan.chunked(3, 3)
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=(64, 8)), "y": rng.integers(0, 3, 64),
+            "x_test": rng.normal(size=(32, 8)), "y_test": rng.integers(0, 3, 32)}
+    history = train(init_mlp(plan, 8, 16, 3), plan, data, steps=6, batch_size=16, eval_every=3,
+                    progress=False)
+    _, ax = plot_history(history)
+    assert len(ax.get_lines()) == plan.n_stages
+    np.testing.assert_array_equal(ax.get_lines()[-1].get_ydata(), output_curve(history)[1])
+
+
+def test_output_curve_and_final_metrics_read_the_last_stage():
+    steps, acc = output_curve(HISTORY)
+    np.testing.assert_array_equal(steps, [10, 20, 30])
+    np.testing.assert_array_equal(acc, [0.1, 0.5, 0.7])
+    assert final_metrics(HISTORY) == {"train_loss": 1.0, "test_loss": 1.1, "test_acc": 0.7}
+
+
+def test_compare_draws_the_output_head_of_every_method():
+    other = {**HISTORY, "test_acc": [[0.3, 0.3], [0.6, 0.6], [0.8, 0.9]]}
+    _, ax = plot_compare({"greedy": HISTORY, "backprop": other})
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["greedy", "backprop"]
+    np.testing.assert_array_equal(lines[0].get_ydata(), [0.1, 0.5, 0.7])
+    np.testing.assert_array_equal(lines[1].get_ydata(), [0.3, 0.6, 0.9])
+
+
+def test_history_bad_input_raises_clear_errors():
+    with pytest.raises(ValueError, match="metric must be one of .* got 'accuracy'"):
+        plot_history(HISTORY, metric="accuracy")
+    with pytest.raises(ValueError, match="must be a dict with 'step' and 'test_acc'"):
+        plot_history({"step": [1]})
+    with pytest.raises(ValueError, match="3 steps but 2 'test_acc' rows"):
+        plot_history({**HISTORY, "test_acc": HISTORY["test_acc"][:2]})
+    with pytest.raises(ValueError, match="one value per stage.*lengths \\[1, 2\\]"):
+        plot_history({**HISTORY, "test_acc": [[0.1], [0.2, 0.3], [0.4, 0.5]]})
+    with pytest.raises(ValueError, match="history is empty"):
+        output_curve({"step": [], "test_acc": []})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        plot_compare([HISTORY])
+
+
+# --- the explorer and plan specs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("chunks=2,overlap=1", {"chunks": 2, "overlap": 1}),
+    (" Chunks = 3 ", {"chunks": 3, "overlap": 0}),
+    ("overlap=2", {"chunks": 6, "overlap": 2}),
+    ("backprop", {"chunks": 1, "overlap": 0}),
+    ("greedy", {"chunks": 6, "overlap": 0}),
+    ("overlapping", {"chunks": 6, "overlap": 1}),
+])
+def test_parse_spec_hand_worked(spec, want):
+    assert parse_spec(spec, 6) == want
+
+
+@pytest.mark.parametrize("spec, error, message", [
+    ("chunks=7", ValueError, "chunks must be between 1 and n_blocks \\(6\\), got 7"),
+    ("chunks=0", ValueError, "chunks must be between 1 and n_blocks"),
+    ("overlap=6", ValueError, "overlap must be between 0 and n_blocks - 1 \\(5\\), got 6"),
+    ("chunks=2,depth=1", ValueError, "unknown key 'depth'"),
+    ("chunks=2,chunks=3", ValueError, "'chunks' is given twice"),
+    ("chunks=two", ValueError, "chunks must be a whole number, got 'two'"),
+    ("chunks2", ValueError, "'chunks2' is not key=value"),
+    ("", ValueError, "spec is empty"),
+    (2, TypeError, "spec must be a string"),
+])
+def test_parse_spec_bad_input_names_the_problem(spec, error, message):
+    with pytest.raises(error, match=message):
+        parse_spec(spec, 6)
+
+
+def test_plans_from_specs_equal_the_plan_constructors():
+    assert plan_from_spec("backprop", 4) == Plan.backprop(4)
+    assert plan_from_spec("greedy", 4) == Plan.greedy(4)
+    assert plan_from_spec("overlapping", 4) == Plan.overlapping(4)
+    assert plan_from_spec("chunks=2", 5) == Plan.chunked(5, 2)
+    assert plan_from_spec("chunks=2,overlap=1", 4) == Plan(((0, 1), (2, 3)), overlap=1)
+    assert plan_from_spec("chunks=2,overlap=1", 4).name == "chunked(2), overlap 1"
+    assert plan_from_spec("overlap=2", 4) == Plan.overlapping(4, overlap=2)
+
+
+def test_plan_from_choice_uses_only_the_controls_each_method_reads():
+    assert plan_from_choice("backprop", 4, n_chunks=3, overlap=2) == Plan.backprop(4)
+    assert plan_from_choice("greedy", 4, n_chunks=3, overlap=2) == Plan.greedy(4)
+    assert plan_from_choice("overlapping", 4, n_chunks=3, overlap=2) == Plan.overlapping(4, 2)
+    assert plan_from_choice("chunked", 4, n_chunks=3, overlap=2) == Plan.chunked(4, 3)
+    assert plan_from_choice("general", 4, n_chunks=2, overlap=1) == Plan(((0, 1), (2, 3)), 1)
+    with pytest.raises(ValueError, match="method must be one of .* got 'local'"):
+        plan_from_choice("local", 4)
+    with pytest.raises(ValueError, match="n_blocks must be an int between 1 and 32, got 0"):
+        plan_from_choice("greedy", 0)
+
+
+def test_explorer_builds_headless_and_follows_its_controls(capsys):
+    explorer = plan_explorer(4)
+    assert explorer.plan == Plan.overlapping(4)
+    assert Plan.overlapping(4).describe() in capsys.readouterr().out
+    method, chunks, overlap = explorer.children[0].children
+    method.value = "general"
+    chunks.value = 2
+    overlap.value = 2
+    assert explorer.plan == Plan(((0, 1), (2, 3)), overlap=2)
+    assert explorer.plan.describe() in capsys.readouterr().out
+    method.value = "greedy"
+    assert explorer.plan == Plan.greedy(4)
+    assert chunks.disabled and overlap.disabled
+    with pytest.raises(ValueError, match="plan_explorer\\(n_blocks=99\\): n_blocks must be"):
+        plan_explorer(99)
