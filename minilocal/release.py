@@ -28,6 +28,7 @@ END = re.compile(r"^\s*#+ *END SOLUTION\s*$")
 EXERCISE = re.compile(r"^# Exercise (\d+)\.(\d+): *(\S.*?)\s*$")
 NUMBERED = re.compile(r"^(\d+)_")
 SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints"}
+OWN_README = "README.md"  # solutions/ and course/ each describe themselves at their top level
 
 
 class ReleaseError(ValueError):
@@ -144,9 +145,12 @@ def find_notebooks(names, solutions):
 
 
 def copy_assets(solutions, course):
-    """Copy every non-notebook file under solutions/ to the same place under course/."""
+    """Copy every non-notebook file under solutions/ to the same place under course/, except the
+    top-level README.md (each folder has its own)."""
     copied = []
     for path in sorted(solutions.rglob("*")):
+        if path == solutions / OWN_README:
+            continue
         if path.is_file() and path.suffix != ".ipynb" and not SKIP_DIRS & set(path.parts):
             target = course / path.relative_to(solutions)
             target.parent.mkdir(parents=True, exist_ok=True)

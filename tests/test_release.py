@@ -116,12 +116,18 @@ def test_release_without_execution_writes_course_and_copies_assets(tmp_path):
     nbformat.write(notebook("x = 1", EXERCISE_CELL), tmp_path / "solutions" / "01_a.ipynb")
     nbformat.write(notebook("y = 2"), tmp_path / "solutions" / "02_b.ipynb")
     (tmp_path / "solutions" / "data" / "table.csv").write_text("a,b\n")
+    (tmp_path / "solutions" / "README.md").write_text("solutions readme")
+    (tmp_path / "solutions" / "data" / "README.md").write_text("data readme")
+    (tmp_path / "course").mkdir()
+    (tmp_path / "course" / "README.md").write_text("course readme")
     rows = rel.release(["01"], root=tmp_path, run=False)
     assert rows == [("01_a.ipynb", None, None)]
     assert not (tmp_path / "course" / "02_b.ipynb").exists()
     course = nbformat.read(tmp_path / "course" / "01_a.ipynb", as_version=4)
     assert course.cells[2].source.endswith('raise NotImplementedError("Exercise 1.1: return x plus one")')
     assert (tmp_path / "course" / "data" / "table.csv").read_text() == "a,b\n"
+    assert (tmp_path / "course" / "data" / "README.md").read_text() == "data readme"
+    assert (tmp_path / "course" / "README.md").read_text() == "course readme", "course/ keeps its README"
     assert "01_a.ipynb" in rel.format_table(rows)
 
 
