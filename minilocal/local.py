@@ -25,8 +25,12 @@ from .plan import Plan
 
 
 def cross_entropy(logits, y):
-    """Mean cross-entropy; logits (B, C) or (B, T, C) with y (B,) or (B, T)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    """Mean cross-entropy; logits (B, C) or (B, T, C) with integer y (B,) or (B, T)."""
+    if logits.ndim > 2:
+        logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)  # (B*T, C), (B*T,)
+    if y.dtype != torch.int64 and not y.is_floating_point():
+        y = y.long()  # F.cross_entropy takes only int64 class indices; floats are refused below
+    return F.cross_entropy(logits, y)
 
 
 def default_optimizer(params):
@@ -47,16 +51,28 @@ class Stage:
     step_count: int = 0
     _x_in: torch.Tensor = None         # graph kept for the message (only when keep_graph)
     _out: torch.Tensor = None
+    _loss: torch.Tensor = None         # last local loss, checked before the update
 
     def parameters(self):
         for module in [*self.blocks, self.head]:
             yield from module.parameters()
 
+    def __post_init__(self):
+        # Parameters keep their identity through .to()/.double(), so this one tells the live dtype.
+        self._probe = next((p for p in self.parameters() if p.is_floating_point()), None)
+
+    def release(self):
+        """Drop the graph kept for backward messages (frees its saved activations)."""
+        self._x_in = self._out = None
+
     def update(self):
-        """Optimizer step, then clear gradients and any kept graph."""
+        """Optimizer step, then clear gradients and any kept graph. Refuses a non-finite loss."""
+        if self._loss is not None:
+            _check_finite(self, float(self._loss))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._x_in = self._out = None
+        self.release()
+        self._loss = None
 
 
 @dataclass
@@ -66,26 +82,67 @@ class StepResult:
     grad_in: torch.Tensor = None   # d l_s / d x_in when the loss reaches back (overlap > 0)
 
 
+def _name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_input(stage, x):
+    """A floating input must match the stage's parameter dtype (integer token ids pass)."""
+    p = stage._probe
+    if p is not None and x.is_floating_point() and x.dtype != p.dtype:
+        raise TypeError(f"stage {stage.index} expects {_name(p.dtype)} input, got {_name(x.dtype)}; "
+                        f"convert the input with x.to(torch.{_name(p.dtype)}) or the model with "
+                        f"net.to(torch.{_name(x.dtype)})")
+
+
+def _check_finite(stage, loss):
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"stage {stage.index}: local loss is {loss} at step "
+                                 f"{stage.step_count}; training stopped before the update. Lower "
+                                 f"the learning rate or check the inputs")
+
+
 def _forward_blocks(stage, x):
     for i, block in enumerate(stage.blocks):
         try:
             x = block(x)
         except RuntimeError as e:
-            shape = tuple(x.shape)
             raise RuntimeError(f"stage {stage.index}, block {i} of the stage ({type(block).__name__}) "
-                               f"failed on an input of shape {shape}, dtype {x.dtype}: {e}. Check that "
-                               f"each block's output shape is the next block's input shape.") from e
+                               f"failed on an input of shape {tuple(x.shape)}, dtype {_name(x.dtype)}: "
+                               f"{e}. Check that each block's output shape is the next block's input "
+                               f"shape.") from e
     return x
 
 
+def _head(stage, h):
+    try:
+        return stage.head(h)
+    except RuntimeError as e:
+        raise RuntimeError(f"stage {stage.index}: head {stage.index} ({type(stage.head).__name__}) "
+                           f"failed on the stage's output of shape {tuple(h.shape)}: {e}. The head "
+                           f"must accept the output of the stage's last block.") from e
+
+
 def _check_labels(stage, logits, y):
-    if y.dtype not in (torch.int64, torch.int32, torch.uint8, torch.int16, torch.int8):
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
         raise TypeError(f"stage {stage.index}: labels must be integer class indices, got dtype "
-                        f"{y.dtype}; convert with y.long()")
+                        f"{_name(y.dtype)}; convert with y.long()")
     n_classes = logits.shape[-1]
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
         raise ValueError(f"stage {stage.index}: labels must lie in [0, {n_classes - 1}] for a head "
                          f"with {n_classes} outputs, got min {int(y.min())}, max {int(y.max())}")
+
+
+def _local_loss(stage, logits, y):
+    checked = stage.loss_fn is cross_entropy
+    if checked and stage.device.type != "cpu":
+        _check_labels(stage, logits, y)  # on a GPU a bad label is an unrecoverable device assert
+    try:
+        return stage.loss_fn(logits, y)
+    except (IndexError, RuntimeError):
+        if checked:  # on CPU, explain the failure only when it happens: no cost on good batches
+            _check_labels(stage, logits, y)
+        raise
 
 
 def stage_step(stage, x_in, y, update=True):
@@ -97,23 +154,19 @@ def stage_step(stage, x_in, y, update=True):
     """
     x_in = x_in.to(stage.device, non_blocking=True).detach()
     y = y.to(stage.device, non_blocking=True)
+    _check_input(stage, x_in)
     if stage.reach:
         x_in.requires_grad_(True)
     out = _forward_blocks(stage, x_in)
-    logits = stage.head(out)
-    _check_labels(stage, logits, y)
-    loss = stage.loss_fn(logits, y.long())
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"stage {stage.index}: local loss is {loss.item()} at step "
-                                 f"{stage.step_count}; lower the learning rate or check the inputs")
+    loss = _local_loss(stage, _head(stage, out), y)
     loss.backward(retain_graph=stage.keep_graph)
     if stage.keep_graph:
         stage._x_in, stage._out = x_in, out
+    stage._loss = loss = loss.detach()
     stage.step_count += 1
     if update:
         stage.update()
-    grad_in = x_in.grad if stage.reach else None
-    return StepResult(out.detach(), loss.detach(), grad_in)
+    return StepResult(out.detach(), loss, x_in.grad if stage.reach else None)
 
 
 def receive_grad(stage, grad_out, n_blocks):
@@ -132,12 +185,53 @@ def receive_grad(stage, grad_out, n_blocks):
     return stage._x_in.grad if further else None
 
 
+def _check_devices(devices, n_stages):
+    """One torch.device per stage from None (all CPU), a single device, or a list."""
+    if devices is None:
+        devices = "cpu"
+    if isinstance(devices, (str, torch.device)):
+        devices = [devices] * n_stages
+    devices = list(devices)
+    if len(devices) != n_stages:
+        raise ValueError(f"LocalNet: devices must list one device per stage ({n_stages}), "
+                         f"got {len(devices)}: {devices}")
+    out = []
+    for d in map(torch.device, devices):
+        if d.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"LocalNet: device {d} was asked for but CUDA is not available on "
+                               f"this machine; use 'cpu' or minilocal.device()")
+        if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
+            raise RuntimeError(f"LocalNet: device {d} does not exist; this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s)")
+        out.append(d)
+    return out
+
+
+def _check_modules(blocks, heads, plan):
+    if len(blocks) != plan.n_blocks:
+        raise ValueError(f"LocalNet: the plan has {plan.n_blocks} blocks but {len(blocks)} "
+                         f"blocks were given; build the plan with the number of blocks")
+    if len(heads) != plan.n_stages:
+        raise ValueError(f"LocalNet: the plan has {plan.n_stages} stages, so it needs "
+                         f"{plan.n_stages} heads (one per stage), got {len(heads)}")
+    seen = {}
+    for kind, modules in (("block", blocks), ("head", heads)):
+        for i, m in enumerate(modules):
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"LocalNet: {kind} {i} must be an nn.Module, got {type(m).__name__}")
+            if id(m) in seen:  # a shared module would be trained by two optimizers at once
+                raise ValueError(f"LocalNet: {kind} {i} is the same module object as {seen[id(m)]}; "
+                                 f"build a separate module for each block and head")
+            seen[id(m)] = f"{kind} {i}"
+
+
 class LocalNet(nn.Module):
     """Blocks + one head per stage + a Plan; ``local_backward`` fills .grad as the Plan says.
 
     blocks: list of nn.Module (L of them, chained); heads: one nn.Module per stage, head s reads the
-    output of stage s's last block. ``optimizer``: a factory ``params -> torch.optim.Optimizer``,
-    called once per stage. ``devices``: one device per stage (default: all on CPU).
+    output of stage s's last block. ``optimizer``: a factory ``params -> torch.optim.Optimizer``
+    (or an optimizer class), called once per stage. ``devices``: one device per stage, or one
+    device for all (default CPU).
     """
 
     def __init__(self, blocks, heads, plan, optimizer=default_optimizer, devices=None,
@@ -145,55 +239,45 @@ class LocalNet(nn.Module):
         super().__init__()
         if not isinstance(plan, Plan):
             raise TypeError(f"LocalNet: plan must be a minilocal.Plan, got {type(plan).__name__}")
+        if not callable(optimizer):
+            raise TypeError(f"LocalNet: optimizer must be a factory params -> torch.optim.Optimizer, "
+                            f"e.g. lambda ps: torch.optim.SGD(ps, lr=0.1); got {optimizer!r}")
         blocks, heads = list(blocks), list(heads)
-        if len(blocks) != plan.n_blocks:
-            raise ValueError(f"LocalNet: the plan has {plan.n_blocks} blocks but {len(blocks)} "
-                             f"blocks were given; build the plan with the number of blocks")
-        if len(heads) != plan.n_stages:
-            raise ValueError(f"LocalNet: the plan has {plan.n_stages} stages, so it needs "
-                             f"{plan.n_stages} heads (one per stage), got {len(heads)}")
-        for kind, modules in (("block", blocks), ("head", heads)):
-            for i, m in enumerate(modules):
-                if not isinstance(m, nn.Module):
-                    raise TypeError(f"LocalNet: {kind} {i} must be an nn.Module, got {type(m).__name__}")
-        devices = self._check_devices(devices, plan)
+        _check_modules(blocks, heads, plan)
+        devices = _check_devices(devices, plan.n_stages)
         self.plan = plan
         self.blocks = nn.ModuleList(blocks)
         self.heads = nn.ModuleList(heads)
         self.stages = []
         for s, idx in enumerate(plan.stages):
-            stage_blocks = [self.blocks[b] for b in idx]
-            for m in [*stage_blocks, self.heads[s]]:
+            modules = [*(self.blocks[b] for b in idx), self.heads[s]]
+            for m in modules:
                 m.to(devices[s])
-            params = [p for m in [*stage_blocks, self.heads[s]] for p in m.parameters()]
-            self.stages.append(Stage(s, stage_blocks, self.heads[s], optimizer(params),
-                                     plan.reach(s), devices[s], loss_fn))
-        for s in range(plan.n_stages):  # a stage keeps its graph if some later loss reaches into it
-            last = plan.stages[s][-1]
-            self.stages[s].keep_graph = any(plan.trained_by(t)[0] <= last
-                                            for t in range(s + 1, plan.n_stages))
+            opt = optimizer([p for m in modules for p in m.parameters()])
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(f"LocalNet: optimizer(params) for stage {s} returned "
+                                f"{type(opt).__name__}, expected a torch.optim.Optimizer")
+            self.stages.append(Stage(s, modules[:-1], modules[-1], opt, plan.reach(s), devices[s],
+                                     loss_fn))
+        # Stage t's graph lives until the last later stage whose loss reaches into it is done.
+        last_user = [max((u for u in range(t + 1, plan.n_stages)
+                          if plan.trained_by(u)[0] <= plan.stages[t][-1]), default=None)
+                     for t in range(plan.n_stages)]
+        for stage, last in zip(self.stages, last_user):
+            stage.keep_graph = last is not None
+        self._free_after = [[t for t, last in enumerate(last_user) if last == s]
+                            for s in range(plan.n_stages)]
 
-    @staticmethod
-    def _check_devices(devices, plan):
-        if devices is None:
-            return [torch.device("cpu")] * plan.n_stages
-        if isinstance(devices, (str, torch.device)):
-            devices = [devices] * plan.n_stages
-        devices = list(devices)
-        if len(devices) != plan.n_stages:
-            raise ValueError(f"LocalNet: devices must list one device per stage ({plan.n_stages}), "
-                             f"got {len(devices)}: {devices}")
-        out = []
-        for d in devices:
-            d = torch.device(d)
-            if d.type == "cuda" and not torch.cuda.is_available():
-                raise RuntimeError(f"LocalNet: device {d} was asked for but CUDA is not available on "
-                                   f"this machine; use 'cpu' or minilocal.device()")
-            if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
-                raise RuntimeError(f"LocalNet: device {d} does not exist; this machine has "
-                                   f"{torch.cuda.device_count()} CUDA device(s)")
-            out.append(d)
-        return out
+    def to_devices(self, devices):
+        """Move stage s (blocks, head, optimizer state) to devices[s]; one device moves them all."""
+        for stage, d in zip(self.stages, _check_devices(devices, len(self.stages))):
+            for m in [*stage.blocks, stage.head]:
+                m.to(d)
+            stage.device = d
+            stage.release()
+            # load_state_dict casts optimizer state onto each parameter's (new) device
+            stage.optimizer.load_state_dict(stage.optimizer.state_dict())
+        return self
 
     def local_backward(self, x, y):
         """Accumulate every stage's local gradients for batch (x, y); returns K loss floats.
@@ -201,17 +285,25 @@ class LocalNet(nn.Module):
         Like ``loss.backward()`` it adds to existing .grad (call ``zero_grad`` or ``step`` between
         batches). Synchronous: every stage sees this batch's activations from current weights.
         """
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"LocalNet: x has {x.shape[0]} examples but y has {y.shape[0]}; "
+                             f"they must match (x: {tuple(x.shape)}, y: {tuple(y.shape)})")
         results, h = [], x
-        for stage in self.stages:
-            results.append(stage_step(stage, h, y, update=False))
-            h = results[-1].x_out
-        for s, res in enumerate(results):  # deliver the overlap messages, hop by hop
-            grad, remaining, t = res.grad_in, self.plan.reach(s), s - 1
-            while remaining > 0:
+        for s, stage in enumerate(self.stages):
+            res = stage_step(stage, h, y, update=False)
+            grad, remaining, t = res.grad_in, stage.reach, s - 1
+            while remaining > 0:  # deliver the overlap message now, hop by hop
                 grad = receive_grad(self.stages[t], grad, remaining)
                 remaining -= len(self.stages[t].blocks)
                 t -= 1
-        return [float(r.loss) for r in results]
+            for t in self._free_after[s]:  # free graphs no later loss needs, as early as possible
+                self.stages[t].release()
+            results.append(res)
+            h = res.x_out
+        losses = [float(r.loss) for r in results]
+        for stage, loss in zip(self.stages, losses):
+            _check_finite(stage, loss)
+        return losses
 
     def step(self):
         """Every stage's optimizer step; clears grads and kept graphs."""
@@ -229,19 +321,22 @@ class LocalNet(nn.Module):
         outs, h = [], x
         with torch.no_grad():
             for stage in self.stages:
-                h = _forward_blocks(stage, h.to(stage.device))
-                outs.append(stage.head(h))
+                h = h.to(stage.device)
+                _check_input(stage, h)
+                h = _forward_blocks(stage, h)
+                outs.append(_head(stage, h))
         return outs
 
     def forward(self, x):
         """Model output: all blocks, then the output head (the last stage's)."""
         h = x
         for stage in self.stages:
-            h = _forward_blocks(stage, h.to(stage.device))
-        return self.stages[-1].head(h)
+            h = h.to(stage.device)
+            _check_input(stage, h)
+            h = _forward_blocks(stage, h)
+        return _head(self.stages[-1], h)
 
     def predict(self, x):
         """Class predictions from the output head, no gradients."""
         with torch.no_grad():
             return self.forward(x).argmax(dim=-1)
-

@@ -1,0 +1,367 @@
+"""LocalNet: equal to the NumPy core, to plain PyTorch, to hand-worked scalars; clear errors."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minilocal import LocalNet, Plan
+from minilocal import numpy_core as npc
+from minilocal.local import stage_step
+
+torch.set_num_threads(1)
+
+GENERAL = Plan(((0,), (1,), (2,), (3, 4)), overlap=3)  # stage 3's loss reaches two stages back
+PLANS = [Plan.backprop(4), Plan.greedy(4), Plan.overlapping(4), Plan.overlapping(4, 2),
+         Plan.chunked(5, 2), Plan.chunked(5, 3, overlap=1), GENERAL]
+
+
+class Dense(nn.Linear):
+    """relu(linear(x)): parameters named weight/bias, like NumPy's ``blocks.{l}``."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
+
+
+def mlp(plan, d_in=40, width=16, n_classes=10, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    blocks = [Dense(d_in if b == 0 else width, width, dtype=dtype) for b in range(plan.n_blocks)]
+    heads = [nn.Linear(width, n_classes, dtype=dtype) for _ in range(plan.n_stages)]
+    return blocks, heads
+
+
+def sgd(lr=0.1, momentum=0.0):
+    return lambda params: torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def batch(n=32, d_in=40, n_classes=10, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d_in, generator=gen, dtype=dtype), torch.randint(0, n_classes, (n,),
+                                                                           generator=gen)
+
+
+def numpy_twin(plan, optimizer=None, seed=0):
+    """NumPy params from init_mlp, and a float64 LocalNet holding the same weights."""
+    params = npc.init_mlp(plan, d_in=40, width=16, n_classes=10, seed=seed)
+    net = LocalNet(*mlp(plan, dtype=torch.float64), plan, optimizer=optimizer or sgd())
+    net.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()}, strict=True)
+    return params, net
+
+
+def grads_of(net):
+    return {k: p.grad.numpy() for k, p in net.named_parameters()}
+
+
+def rel(a, b):
+    """max |a - b| / max |b|: one scale per tensor, so entries that are tiny do not dominate."""
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+# --- proven equal: NumPy core -------------------------------------------------------------------
+@pytest.mark.parametrize("plan", PLANS, ids=repr)
+def test_gradients_and_losses_equal_numpy(plan):
+    params, net = numpy_twin(plan)
+    x, y = batch(dtype=torch.float64)
+    want, want_losses = npc.local_grads(params, x.numpy(), y.numpy(), plan)
+    losses = net.local_backward(x, y)
+    got = grads_of(net)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert rel(got[name], want[name]) <= 1e-10, name
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-12)
+
+
+@pytest.mark.parametrize("plan", [Plan.greedy(4), Plan.overlapping(4), GENERAL], ids=repr)
+def test_sgd_steps_equal_numpy(plan):
+    params, net = numpy_twin(plan, optimizer=sgd(lr=0.05, momentum=0.9))
+    opt = npc.SGD(params, lr=0.05, momentum=0.9)
+    for step in range(4):
+        x, y = batch(dtype=torch.float64, seed=step)
+        grads, want_losses = npc.local_grads(params, x.numpy(), y.numpy(), plan)
+        opt.step(grads)
+        np.testing.assert_allclose(net.train_step(x, y), want_losses, rtol=1e-12)
+    for name, value in net.state_dict().items():
+        assert rel(value.numpy(), params[name]) <= 1e-10, name
+
+
+# --- proven equal: plain PyTorch, bitwise ---------------------------------------------------------
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-2)
+
+
+def assert_params_equal(a, b):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_backprop_is_bitwise_nn_sequential():
+    plan = Plan.backprop(4)
+    blocks, heads = mlp(plan)
+    model = nn.Sequential(*copy.deepcopy(blocks), copy.deepcopy(heads[0]))
+    opt = adam(model.parameters())
+    net = LocalNet(blocks, heads, plan, optimizer=adam)
+    for step in range(5):
+        x, y = batch(seed=step)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        assert net.train_step(x, y) == [loss.item()]
+    assert_params_equal(net, model)
+    assert not torch.equal(model[0].weight, mlp(plan)[0][0].weight)  # it did train
+
+
+def test_greedy_is_bitwise_hand_written_detach_loop():
+    plan = Plan.greedy(3)
+    blocks, heads = mlp(plan)
+    hand_blocks, hand_heads = copy.deepcopy(blocks), copy.deepcopy(heads)
+    opts = [adam([*b.parameters(), *h.parameters()]) for b, h in zip(hand_blocks, hand_heads)]
+    net = LocalNet(blocks, heads, plan, optimizer=adam)
+    for step in range(5):
+        x, y = batch(seed=step)
+        h, want = x, []
+        for block, head, opt in zip(hand_blocks, hand_heads, opts):
+            h = block(h.detach())
+            loss = F.cross_entropy(head(h), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            want.append(loss.item())
+        assert net.train_step(x, y) == want
+    assert_params_equal(net, nn.Sequential(*hand_blocks, *hand_heads))
+
+
+@pytest.mark.parametrize("plan, same", [(Plan.chunked(4, 1), Plan.backprop(4)),
+                                        (Plan.overlapping(4, 0), Plan.greedy(4))], ids=repr)
+def test_equivalent_plans_train_bitwise_alike(plan, same):
+    nets = [LocalNet(*mlp(p), p, optimizer=adam) for p in (plan, same)]
+    for step in range(4):
+        x, y = batch(seed=step)
+        assert nets[0].train_step(x, y) == nets[1].train_step(x, y)
+    assert_params_equal(*nets)
+
+
+def recompute_grads(blocks, heads, plan, x, y):
+    """Oracle for any blocks: each loss recomputed from the detached input of its first block."""
+    inputs = [x]
+    for block in blocks:
+        inputs.append(block(inputs[-1]).detach())
+    grads = {}
+    for s in range(plan.n_stages):
+        trained = plan.trained_by(s)
+        h = inputs[trained[0]]
+        for b in trained:
+            h = blocks[b](h)
+        named = [(f"blocks.{b}.{n}", p) for b in trained for n, p in blocks[b].named_parameters()]
+        named += [(f"heads.{s}.{n}", p) for n, p in heads[s].named_parameters()]
+        g = torch.autograd.grad(F.cross_entropy(heads[s](h), y), [p for _, p in named])
+        for (name, _), value in zip(named, g):
+            grads[name] = grads.get(name, 0) + value
+    return grads
+
+
+class ConvBlock(nn.Module):
+    """x: (B, C, T) -> (B, C, T): conv, norm, gelu, a residual."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv, self.norm = nn.Conv1d(c, c, 3, padding=1), nn.GroupNorm(2, c)
+
+    def forward(self, x):
+        return x + F.gelu(self.norm(self.conv(x)))
+
+
+class PoolHead(nn.Sequential):
+    def __init__(self, c, n_classes):
+        super().__init__(nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(c, n_classes))
+
+
+@pytest.mark.parametrize("plan", [Plan.overlapping(4, 2), GENERAL, Plan.chunked(5, 2, overlap=3)],
+                         ids=repr)
+def test_any_blocks_match_recomputed_losses(plan):
+    torch.manual_seed(1)
+    blocks = [ConvBlock(4).double() for _ in range(plan.n_blocks)]
+    heads = [PoolHead(4, 5).double() for _ in range(plan.n_stages)]
+    x, y = torch.randn(6, 4, 12, dtype=torch.float64), torch.randint(0, 5, (6,))
+    want = recompute_grads(blocks, heads, plan, x, y)
+    net = LocalNet(blocks, heads, plan, optimizer=sgd())
+    net.local_backward(x, y)
+    got = {k: p.grad for k, p in net.named_parameters()}
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-12, atol=1e-14)
+
+
+# --- hand-worked scalar nets, lr = 1 ----------------------------------------------------------
+class Scale(nn.Module):
+    """h = w * x with one scalar weight."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(float(w), dtype=torch.float64))
+
+    def forward(self, x):
+        return self.w * x
+
+
+def half_squared_error(pred, target):
+    return 0.5 * ((pred - target) ** 2).mean()
+
+
+def scalar_net(plan):
+    blocks = [Scale(2.0), Scale(3.0), Scale(0.5)]
+    heads = [Scale(1.0) for _ in range(plan.n_stages)]
+    return LocalNet(blocks, heads, plan, optimizer=sgd(lr=1.0), loss_fn=half_squared_error)
+
+
+def weights(net):
+    return [p.item() for p in net.parameters()]  # blocks w0, w1, w2, then heads v0, v1, ...
+
+
+# x = 1, target 1, every head v = 1. Forward: h0 = 2, h1 = 6, h2 = 3; residuals r = h - 1 = 1, 5, 2.
+# l_s = r_s^2 / 2 = 0.5, 12.5, 2.  d l_s / d v_s = r_s h_s = 2, 30, 6.
+# Own block: d l0/d w0 = r0 v0 x = 1; d l1/d w1 = r1 v1 h0 = 10; d l2/d w2 = r2 v2 h1 = 12.
+# One block back (overlap): d l1/d w0 = r1 v1 w1 x = 15; d l2/d w1 = r2 v2 w2 h0 = 2.
+# Backprop, one head on h2: d/d w2 = 12, d/d w1 = r2 w2 h0 = 2, d/d w0 = r2 w2 w1 x = 3, d/d v = 6.
+@pytest.mark.parametrize("plan, losses, after", [
+    (Plan.greedy(3), [0.5, 12.5, 2.0], [2 - 1, 3 - 10, 0.5 - 12, 1 - 2, 1 - 30, 1 - 6]),
+    (Plan.overlapping(3), [0.5, 12.5, 2.0], [2 - 16, 3 - 12, 0.5 - 12, 1 - 2, 1 - 30, 1 - 6]),
+    (Plan.backprop(3), [2.0], [2 - 3, 3 - 2, 0.5 - 12, 1 - 6]),
+], ids=["greedy", "overlapping", "backprop"])
+def test_hand_worked_scalar_net(plan, losses, after):
+    net = scalar_net(plan)
+    one = torch.ones(1, dtype=torch.float64)
+    assert net.train_step(one, one) == losses
+    assert weights(net) == after
+
+
+# --- the rest of the contract -----------------------------------------------------------------
+def test_each_stage_has_its_own_optimizer_over_exactly_its_parameters():
+    plan = Plan.chunked(5, 2, overlap=1)
+    net = LocalNet(*mlp(plan), plan, optimizer=torch.optim.RMSprop)
+    for stage in net.stages:
+        assert isinstance(stage.optimizer, torch.optim.RMSprop)
+        owned = [id(p) for m in [*stage.blocks, stage.head] for p in m.parameters()]
+        assert [id(p) for g in stage.optimizer.param_groups for p in g["params"]] == owned
+    assert sum(len(list(s.parameters())) for s in net.stages) == len(list(net.parameters()))
+
+
+def test_forward_and_predict_use_only_the_output_head():
+    plan = Plan.greedy(3)
+    blocks, heads = mlp(plan)
+    net = LocalNet(blocks, heads, plan)
+    x, _ = batch()
+    want = heads[2](blocks[2](blocks[1](blocks[0](x))))
+    net.heads[0].weight.data.fill_(float("nan"))  # a hidden head must not touch the output
+    assert torch.equal(net(x), want)
+    assert torch.equal(net.predict(x), want.argmax(-1))
+    outs = net.stage_outputs(x)
+    assert len(outs) == 3 and torch.equal(outs[2], want) and torch.isnan(outs[0]).all()
+
+
+def test_to_devices_keeps_training_and_optimizer_state():
+    plan = Plan.greedy(2)
+    nets = [LocalNet(*mlp(plan), plan, optimizer=adam) for _ in range(2)]
+    for step in range(3):
+        x, y = batch(seed=step)
+        if step == 1:
+            nets[1].to_devices(["cpu", "cpu"])
+        assert nets[0].train_step(x, y) == nets[1].train_step(x, y)
+    assert_params_equal(*nets)
+
+
+# --- errors at the boundary ---------------------------------------------------------------------
+def test_blocks_that_do_not_chain_name_the_stage_and_shape():
+    plan = Plan.greedy(2)
+    net = LocalNet([Dense(40, 16), Dense(32, 16)], [nn.Linear(16, 10), nn.Linear(16, 10)], plan)
+    with pytest.raises(RuntimeError, match=r"stage 1, block 0 of the stage \(Dense\) failed on an "
+                                           r"input of shape \(32, 16\)"):
+        net.train_step(*batch())
+
+
+def test_head_that_does_not_fit_names_the_head():
+    plan = Plan.greedy(2)
+    net = LocalNet([Dense(40, 16), Dense(16, 16)], [nn.Linear(16, 10), nn.Linear(8, 10)], plan)
+    with pytest.raises(RuntimeError, match=r"stage 1: head 1 \(Linear\) failed on the stage's "
+                                           r"output of shape \(32, 16\)"):
+        net.train_step(*batch())
+
+
+@pytest.mark.parametrize("n_blocks, n_heads, match", [
+    (4, 3, r"the plan has 4 stages, so it needs 4 heads \(one per stage\), got 3"),
+    (3, 4, r"the plan has 4 blocks but 3 blocks were given"),
+])
+def test_module_counts_must_match_the_plan(n_blocks, n_heads, match):
+    blocks, heads = mlp(Plan.greedy(4))
+    with pytest.raises(ValueError, match=match):
+        LocalNet(blocks[:n_blocks], heads[:n_heads], Plan.greedy(4))
+
+
+def test_modules_must_be_distinct_modules_and_plan_a_plan():
+    blocks, heads = mlp(Plan.greedy(2))
+    with pytest.raises(ValueError, match="block 1 is the same module object as block 0"):
+        LocalNet([blocks[0], blocks[0]], heads, Plan.greedy(2))
+    with pytest.raises(TypeError, match="block 1 must be an nn.Module, got function"):
+        LocalNet([blocks[0], lambda x: x], heads, Plan.greedy(2))
+    with pytest.raises(TypeError, match="plan must be a minilocal.Plan, got tuple"):
+        LocalNet(blocks, heads, ((0,), (1,)))
+
+
+def test_optimizer_must_be_a_factory_of_torch_optimizers():
+    with pytest.raises(TypeError, match=r"optimizer must be a factory params -> torch.optim"):
+        LocalNet(*mlp(Plan.greedy(2)), Plan.greedy(2), optimizer="adam")
+    with pytest.raises(TypeError, match=r"optimizer\(params\) for stage 0 returned list"):
+        LocalNet(*mlp(Plan.greedy(2)), Plan.greedy(2), optimizer=list)
+
+
+def test_devices_one_per_stage_and_cuda_only_when_present(monkeypatch):
+    with pytest.raises(ValueError, match=r"one device per stage \(3\), got 2: \['cpu', 'cpu'\]"):
+        LocalNet(*mlp(Plan.greedy(3)), Plan.greedy(3), devices=["cpu", "cpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="device cuda:0 was asked for but CUDA is not available"):
+        LocalNet(*mlp(Plan.greedy(2)), Plan.greedy(2), devices=["cpu", "cuda:0"])
+
+
+def test_input_dtype_must_match_the_parameters():
+    net = LocalNet(*mlp(Plan.greedy(2)), Plan.greedy(2))
+    x, y = batch(dtype=torch.float64)
+    with pytest.raises(TypeError, match="stage 0 expects float32 input, got float64"):
+        net.train_step(x, y)
+    with pytest.raises(TypeError, match="stage 0 expects float32 input, got float64"):
+        net.predict(x)
+
+
+def test_labels_must_be_integer_classes_in_range():
+    net = LocalNet(*mlp(Plan.greedy(2), n_classes=3), Plan.greedy(2))
+    x, y = batch(n_classes=3)
+    with pytest.raises(ValueError, match=r"stage 0: labels must lie in \[0, 2\] for a head with 3 "
+                                         r"outputs, got min 0, max 3"):
+        net.train_step(x, torch.cat([y[:-1], torch.tensor([3])]))
+    with pytest.raises(ValueError, match=r"got min -1"):
+        net.train_step(x, torch.cat([y[:-1], torch.tensor([-1])]))
+    with pytest.raises(TypeError, match="stage 0: labels must be integer class indices, got dtype "
+                                        "float32"):
+        net.train_step(x, y.float())
+    with pytest.raises(ValueError, match="x has 32 examples but y has 31"):
+        net.train_step(x, y[:-1])
+
+
+@pytest.mark.parametrize("bad_stage", [0, 2])
+def test_non_finite_loss_stops_before_any_update(bad_stage):
+    plan = Plan.greedy(3)
+    net = LocalNet(*mlp(plan), plan, optimizer=sgd())
+    x, y = batch()
+    net.train_step(x, y)
+    net.heads[bad_stage].bias.data[0] = float("inf")
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(FloatingPointError, match=f"stage {bad_stage}: local loss is nan at step 2"):
+        net.train_step(x, y)
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    stage = net.stages[bad_stage]
+    weight = stage.head.weight.clone()
+    with pytest.raises(FloatingPointError, match=f"stage {bad_stage}: local loss is nan at step 3"):
+        stage_step(stage, x if bad_stage == 0 else torch.zeros(32, 16), y)
+    assert torch.equal(stage.head.weight, weight)
