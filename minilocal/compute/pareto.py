@@ -1,0 +1,138 @@
+"""Pareto views of a sweep: steps and idealized time to a target loss vs batch size, and loss vs
+idealized time with each method's lower envelope over batch sizes and learning rates.
+
+A record is what ``sweep.run_one`` returns. Its learning rate is tuned per (method, batch): the
+run that reaches the target in the fewest steps wins; when none reaches it, the lowest final loss.
+"""
+import math
+
+from .cost import idealized_time, step_flops
+
+
+def steps_to_target(record, target):
+    """First measured step whose loss is <= target, or None when the run never got there."""
+    return next((s for s, l in zip(record["steps"], record["loss"]) if l <= target), None)
+
+
+def time_curve(record, throughput=1e12, devices_per_stage=None):
+    """Idealized seconds at each measured step of ``record`` (see cost.idealized_time)."""
+    batch = record["config"]["batch"]
+    return [idealized_time(s, record["stage_flops"], batch, throughput, devices_per_stage)
+            for s in record["steps"]]
+
+
+def _rank(record, target):
+    steps = steps_to_target(record, target)
+    return (0, steps, record["config"]["lr"]) if steps is not None else (1, min(record["loss"]), 0)
+
+
+def best_runs(results, target):
+    """{method: {batch: record}}: the best learning rate for each (method, batch) at ``target``."""
+    best = {}
+    for record in results.values():
+        c = record["config"]
+        current = best.setdefault(c["method"], {}).get(c["batch"])
+        if current is None or _rank(record, target) < _rank(current, target):
+            best[c["method"]][c["batch"]] = record
+    return {m: dict(sorted(runs.items())) for m, runs in best.items()}
+
+
+def frontier(results, target, throughput=1e12, devices_per_stage=None):
+    """One row per (method, batch): lr, steps, idealized seconds and FLOPs to ``target`` (None
+    where no learning rate reached it)."""
+    rows = []
+    for method, runs in best_runs(results, target).items():
+        for batch, r in runs.items():
+            steps = steps_to_target(r, target)
+            reached = steps is not None
+            rows.append(dict(method=method, batch=batch, lr=r["config"]["lr"], steps=steps,
+                             time=idealized_time(steps, r["stage_flops"], batch, throughput,
+                                                 devices_per_stage) if reached else None,
+                             flops=steps * step_flops(r["stage_flops"], batch) if reached else None))
+    return rows
+
+
+def lower_envelope(curves):
+    """Best loss reached by each time over several curves: [(times, losses), ...] -> (times, losses).
+
+    Each curve counts with its running minimum (a run can be stopped at its best point); the
+    envelope is evaluated at the union of all curves' times, where at least one curve has started.
+    """
+    events = sorted({t for times, _ in curves for t in times})
+    running = []
+    for times, losses in curves:
+        best, mins = math.inf, []
+        for loss in losses:
+            best = min(best, loss)
+            mins.append(best)
+        running.append((list(times), mins))
+    env_t, env_l = [], []
+    for t in events:
+        value = math.inf
+        for times, mins in running:
+            i = next((k for k in range(len(times) - 1, -1, -1) if times[k] <= t), None)
+            if i is not None:
+                value = min(value, mins[i])
+        if math.isfinite(value):
+            env_t.append(t)
+            env_l.append(value)
+    return env_t, env_l
+
+
+def _method_colors(methods):
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
+
+
+def plot_scaling(rows, target):
+    """Steps and idealized time to ``target`` vs batch size, one line per method; returns the fig."""
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colors = _method_colors(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "steps", "steps to target"),
+                           (axes[1], "time", "idealized time to target (s)")):
+        for m in methods:
+            pts = [(r["batch"], r[key]) for r in rows if r["method"] == m and r[key] is not None]
+            if pts:
+                ax.plot(*zip(*pts), "o-", color=colors[m], label=m)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel=label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"time to train loss {target:g}: where data parallelism stops paying")
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_vs_time(results, target, throughput=1e12, devices_per_stage=None, x="time"):
+    """Loss vs idealized time (x='time') or total FLOPs (x='flops'): faint lines are each batch
+    size's best-lr run, the thick line is the method's lower envelope over all runs."""
+    import matplotlib.pyplot as plt
+
+    if x not in ("time", "flops"):
+        raise ValueError(f"plot_loss_vs_time: x must be 'time' or 'flops', got {x!r}")
+    best = best_runs(results, target)
+    colors = _method_colors(list(best))
+
+    def xs(r):
+        if x == "time":
+            return time_curve(r, throughput, devices_per_stage)
+        return [s * step_flops(r["stage_flops"], r["config"]["batch"]) for s in r["steps"]]
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for m, runs in best.items():
+        for r in runs.values():
+            ax.plot(xs(r)[1:], r["loss"][1:], color=colors[m], alpha=0.25, lw=0.8)
+        curves = [(xs(r)[1:], r["loss"][1:]) for r in results.values()
+                  if r["config"]["method"] == m and len(r["steps"]) > 1]
+        ax.step(*lower_envelope(curves), where="post", color=colors[m], lw=2.2, label=m)
+    ax.axhline(target, color="gray", ls="--", lw=1)
+    ax.set(xscale="log", yscale="log", ylabel="train loss (output head)",
+           xlabel="idealized time (s)" if x == "time" else "total FLOPs")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

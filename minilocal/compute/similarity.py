@@ -1,0 +1,98 @@
+"""Gradient similarity: how close each block's local-method gradient is to the true backprop one.
+
+For a Plan, block b's gradient is the sum over the losses that train it (``plan.losses_for(b)``)
+of d l_u / d theta_b, each loss reaching b through the chain; backprop's is d l_out / d theta_b
+with l_out the output head's loss, from the same weights on the same batch. Both come from
+``torch.autograd.grad`` and never touch ``.grad``, so measuring does not disturb training.
+
+What must hold (the tests' oracles): a one-chunk Plan is backprop, so every block's cosine is 1;
+a block trained only by the output loss (greedy's last block; every block of chunked's last
+chunk) gets exactly backprop's gradient, since detaching a block's input does not change the
+gradient of the block's own weights; overlapping's block b gets greedy's gradient for b plus
+l_{b+1}'s gradient for b.
+"""
+import torch
+import torch.nn.functional as F
+
+from ..local import cross_entropy
+from ..plan import Plan
+
+
+def plan_gradients(blocks, heads, plan, x, y, loss_fn=cross_entropy):
+    """Each block's gradient under ``plan``, flattened: a list of L tensors (P_b,). x: (B, ...)."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan_gradients: plan must be a minilocal.Plan, got {type(plan).__name__}")
+    if len(blocks) != plan.n_blocks or len(heads) != plan.n_stages:
+        raise ValueError(f"plan_gradients: the plan has {plan.n_blocks} blocks and {plan.n_stages} "
+                         f"stages, got {len(blocks)} blocks and {len(heads)} heads")
+    params = [list(b.parameters()) for b in blocks]
+    like = next(p for ps in params for p in ps)
+    total = [like.new_zeros(sum(p.numel() for p in ps)) for ps in params]
+    acts, h = [], x
+    with torch.no_grad():  # the inputs where losses start; each loss rebuilds its own graph
+        for block in blocks:
+            h = block(h)
+            acts.append(h)
+    for s, stage in enumerate(plan.stages):
+        first = plan.trained_by(s)[0]
+        h = acts[first - 1] if first else x
+        for b in range(first, stage[-1] + 1):
+            h = blocks[b](h)
+        loss = loss_fn(heads[s](h), y)
+        trained = [p for b in plan.trained_by(s) for p in params[b]]
+        grads = iter(torch.autograd.grad(loss, trained))
+        for b in plan.trained_by(s):
+            if params[b]:
+                total[b] += torch.cat([next(grads).reshape(-1) for _ in params[b]])
+    return total
+
+
+def cosine(a, b):
+    """Cosine similarity of two flat tensors (0 when either is the zero vector)."""
+    return float(F.cosine_similarity(a.reshape(1, -1), b.reshape(1, -1), eps=1e-30))
+
+
+def gradient_similarity(blocks, heads, plan, x, y, loss_fn=cross_entropy):
+    """Per block, cos(plan's gradient, backprop's gradient through the output head ``heads[-1]``)."""
+    local = plan_gradients(blocks, heads, plan, x, y, loss_fn)
+    true = plan_gradients(blocks, [heads[-1]], Plan.backprop(plan.n_blocks), x, y, loss_fn)
+    return [cosine(a, b) for a, b in zip(local, true)]
+
+
+def similarity_over_training(net, x, y, probe, steps, every, batch, seed=0):
+    """Train ``net`` (a LocalNet) for ``steps`` steps on (x, y); every ``every`` steps, and at 0,
+    measure gradient_similarity on the fixed ``probe`` = (x_p, y_p). Returns {'step', 'cosine'}
+    with cosine[i] the list of L per-block values at step[i]."""
+    from .sweep import sample_batches
+
+    for name, value in (("steps", steps), ("every", every), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"similarity_over_training: {name} must be an int >= 1, got {value!r}")
+    heads = [stage.head for stage in net.stages]
+    history = {"step": [], "cosine": []}
+    batches = sample_batches(len(x), batch, seed)
+    for step in range(steps + 1):
+        if step % every == 0:
+            history["step"].append(step)
+            history["cosine"].append(gradient_similarity(list(net.blocks), heads, net.plan,
+                                                         *probe, net.stages[-1].loss_fn))
+        if step < steps:
+            idx = next(batches).to(x.device)
+            net.train_step(x[idx], y[idx])
+    return history
+
+
+def plot_similarity(history, title=None):
+    """Cosine to the backprop gradient vs training step, one line per block; returns the fig."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    per_block = list(zip(*history["cosine"]))
+    for b, values in enumerate(per_block):
+        ax.plot(history["step"], values, "o-", ms=3, label=f"block {b}")
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set(xlabel="training step", ylabel="cos(local grad, backprop grad)", ylim=(-1.05, 1.05),
+           title=title or "gradient similarity to backprop")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,177 @@
+"""Sweeps: methods x batch sizes x learning rates, each run to a step or target-loss budget.
+
+A run is described by a flat, JSON-able config dict (method, model, batch, lr, budget, seed,
+device, ...). Results live in one JSON file keyed by the *full* config, so a re-run computes only
+the configs that are missing, and the file is rewritten atomically after every run: an
+interrupted sweep resumes where it stopped and never leaves a half-written file.
+
+A run records the output head's loss on the whole training set at geometrically spaced steps
+(dense early, sparse late, so small and large batches get the same relative resolution), the
+per-example work of each stage (``cost.stage_flops``), and stops at ``stop_loss`` or ``max_steps``.
+"""
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..local import LocalNet
+from ..plan import Plan
+from .cost import stage_flops
+from .flops import model_flops
+
+VERSION = 1  # part of every key: bump it when a run's meaning changes, and old results go stale
+DEFAULTS = dict(version=VERSION, dataset="mnist1d", model="mlp", n_blocks=4, width=128,
+                optimizer="adam", max_steps=2000, stop_loss=0.1, eval_ratio=1.1, seed=0, device="cpu")
+
+
+def make_plan(method, n_blocks):
+    """Plan for a method name: backprop, greedy, overlapping (overlap 1) or chunkedK (K chunks)."""
+    if method == "backprop":
+        return Plan.backprop(n_blocks)
+    if method == "greedy":
+        return Plan.greedy(n_blocks)
+    if method == "overlapping":
+        return Plan.overlapping(n_blocks, overlap=1)
+    if method.startswith("chunked") and method[len("chunked"):].isdigit():
+        return Plan.chunked(n_blocks, int(method[len("chunked"):]))
+    raise ValueError(f"make_plan: method must be 'backprop', 'greedy', 'overlapping' or "
+                     f"'chunkedK' (e.g. 'chunked2'), got {method!r}")
+
+
+def sweep_configs(methods, batch_sizes, lrs, **overrides):
+    """Every (method, batch, lr) combination as a full config dict; ``overrides`` change DEFAULTS."""
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"sweep_configs: unknown setting(s) {sorted(unknown)}; "
+                         f"known: {sorted(DEFAULTS)}")
+    for m in methods:
+        make_plan(m, overrides.get("n_blocks", DEFAULTS["n_blocks"]))
+    return [dict(DEFAULTS, **overrides, method=m, batch=b, lr=lr)
+            for m in methods for b in batch_sizes for lr in lrs]
+
+
+def config_key(config):
+    """The cache key: the full config as canonical JSON."""
+    return json.dumps(config, sort_keys=True)
+
+
+def eval_schedule(max_steps, ratio):
+    """Steps at which the loss is measured: 0, then geometrically spaced by ``ratio``, and the end."""
+    if ratio <= 1:
+        raise ValueError(f"eval_schedule: ratio must be > 1, got {ratio!r}")
+    steps, s = {0, max_steps}, 1.0
+    while s < max_steps:
+        steps.add(int(round(s)))
+        s *= ratio
+    return sorted(steps)
+
+
+def sample_batches(n, batch, seed):
+    """Endless index batches (batch,) over n examples: shuffled epochs under a seeded generator."""
+    if batch > n:
+        raise ValueError(f"sample_batches: batch ({batch}) is larger than the dataset ({n})")
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=g)
+        for i in range(0, n - batch + 1, batch):
+            yield order[i:i + batch]
+
+
+def load_data(config):
+    """(x, y, x_test, y_test) tensors on the config's device."""
+    if config["dataset"] != "mnist1d":
+        raise ValueError(f"load_data: dataset must be 'mnist1d', got {config['dataset']!r}")
+    from ..data import mnist1d
+
+    d = mnist1d()
+    return tuple(torch.from_numpy(d[k]).to(config["device"]) for k in ("x", "y", "x_test", "y_test"))
+
+
+def build_net(config, plan, d_in):
+    """A LocalNet for the config: the model's blocks and heads under the config's seed and lr."""
+    if config["model"] != "mlp" or config["optimizer"] != "adam":
+        raise ValueError(f"build_net: only model='mlp' with optimizer='adam' is wired up, got "
+                         f"model={config['model']!r}, optimizer={config['optimizer']!r}")
+    from ..models import mlp
+
+    blocks, heads = mlp(plan, d_in=d_in, width=config["width"], seed=config["seed"])
+    lr = config["lr"]
+    return LocalNet(blocks, heads, plan, optimizer=lambda p: torch.optim.Adam(p, lr=lr),
+                    devices=config["device"])
+
+
+def output_loss(net, x, y):
+    """Mean cross-entropy of the output head on (x, y), without gradients."""
+    with torch.no_grad():
+        return float(F.cross_entropy(net(x), y))
+
+
+def run_one(config):
+    """Train one config; returns its record: loss curve, per-stage FLOPs, stop step, test accuracy."""
+    plan = make_plan(config["method"], config["n_blocks"])
+    x, y, x_test, y_test = load_data(config)
+    net = build_net(config, plan, x.shape[1])
+    work = stage_flops(plan, *model_flops(net.blocks, net.heads, plan, x[:4]))
+    schedule = set(eval_schedule(config["max_steps"], config["eval_ratio"]))
+    steps, losses, reached, diverged = [0], [output_loss(net, x, y)], None, False
+    start = time.perf_counter()
+    batches = sample_batches(len(x), config["batch"], config["seed"])
+    for step in range(1, config["max_steps"] + 1):
+        idx = next(batches).to(x.device)
+        try:
+            net.train_step(x[idx], y[idx])
+        except FloatingPointError:  # a too-large learning rate: keep the curve so far, say so
+            diverged = True
+            break
+        if step in schedule:
+            steps.append(step)
+            losses.append(output_loss(net, x, y))
+            if not math.isfinite(losses[-1]):
+                diverged = True
+                break
+            if losses[-1] <= config["stop_loss"]:
+                reached = step
+                break
+    with torch.no_grad():
+        test_acc = float((net.predict(x_test) == y_test).float().mean())
+    return dict(config=config, steps=steps, loss=losses, stage_flops=work, n_stages=plan.n_stages,
+                reached=reached, diverged=diverged, test_acc=test_acc,
+                wall_s=time.perf_counter() - start)
+
+
+def load_results(path):
+    """The cached results at ``path`` as {key: record}; an empty dict when the file is absent."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _save(path, results):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
+
+
+def sweep(configs, path, run=run_one, progress=True):
+    """Run every config not yet in the cache at ``path``; returns {key: record} for ``configs``.
+
+    ``run(config) -> record`` is the work; the cache is rewritten after each run, so an
+    interrupted sweep loses at most the run in flight.
+    """
+    path = Path(path)
+    results = load_results(path)
+    todo = [c for c in configs if config_key(c) not in results]
+    for config in tqdm(todo, desc="sweep", disable=not progress or not todo):
+        results[config_key(config)] = run(config)
+        _save(path, results)
+    return {config_key(c): results[config_key(c)] for c in configs}
