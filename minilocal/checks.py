@@ -5,6 +5,7 @@ raises ``AssertionError`` on a wrong answer (loudly, with the numbers), and when
 function raises ``NotImplementedError`` says the exercise is not done yet and returns the
 reference, so the rest of the notebook keeps running. It returns the function to use from then on.
 """
+import copy
 import math
 
 import numpy as np
@@ -52,23 +53,26 @@ def _check_arguments(exercise, cases, tol):
         raise ValueError(f"{where}: tol must be a positive number such as 1e-7, got {tol!r}")
 
 
-def check(exercise, student_fn, reference_fn, cases, tol=1e-6, compare=None):
+def check(exercise, student_fn, reference_fn, cases, tol=1e-6, compare=None, copy_args=False):
     """Compare ``student_fn(*case)`` with ``reference_fn(*case)`` for every case (a tuple of args).
 
     ``compare`` (optional) maps a result to the part that must match, e.g. ``lambda r: r[0]`` to
     ignore a cache whose layout is the student's choice. The reference answer is copied before the
     student's function runs, so editing an input in place cannot change what it is compared with.
+    ``copy_args=True`` gives each function its own deep copy of a case's arguments: use it when the
+    exercise updates its arguments (an optimizer step), so both start from the same state.
     Returns ``student_fn`` when it passes, ``reference_fn`` when it is not implemented yet.
     """
     _check_arguments(exercise, cases, tol)
     select = compare or (lambda result: result)
     worst = 0.0
     for i, args in enumerate(cases):
-        # Copied, not deep-copied: arguments may be closures over each other (f and x in a
+        # Not deep-copied by default: arguments may be closures over each other (f and x in a
         # numerical gradient), and a copy of x would no longer be the x that f reads.
-        want = [a.copy() for a in _as_arrays(select(reference_fn(*args)))]
+        fresh = copy.deepcopy if copy_args else (lambda a: a)
+        want = [a.copy() for a in _as_arrays(select(reference_fn(*fresh(args))))]
         try:
-            got = student_fn(*args)
+            got = student_fn(*fresh(args))
         except NotImplementedError:
             print(f"Exercise {exercise}: not done yet -> using the reference implementation")
             return reference_fn

@@ -132,3 +132,14 @@ def test_arguments_that_close_over_each_other_still_work():
         return grad
     assert check("9.4", forward_difference, numerical_grad, [(f, x)], tol=1e-5) is forward_difference
     np.testing.assert_allclose(numerical_grad(f, x), 3 * x ** 2, rtol=1e-8)
+
+
+def test_copy_args_lets_both_functions_start_from_the_same_state():
+    def step(params, lr):                            # an in-place update, like an optimizer step
+        params["w"] -= lr * params["w"]
+        return params["w"]
+    cases = [({"w": np.array([1.0, 2.0])}, 0.5)]
+    assert check("9.5", step, step, cases, copy_args=True) is step
+    assert cases[0][0]["w"].tolist() == [1.0, 2.0], "the case itself must not change"
+    with pytest.raises(AssertionError, match="FAIL on case 0"):  # without copies the second call sees w/2
+        check("9.5", step, step, [({"w": np.array([1.0, 2.0])}, 0.5)])
