@@ -1,0 +1,247 @@
+"""The distributed runner: one process per stage, messages over torch.distributed.
+
+Every rank rebuilds the Job's model from its recipe (same seed, so the same initial weights),
+keeps its own stage and runs the shared stage program (``program.py``), answering its requests
+with point-to-point messages:
+
+* forward: stage s sends its detached output of step t to stage s+1; labels are not sent, every
+  rank regenerates batch t from the Job's batch source. Greedy and chunked plans send nothing else.
+* backward (overlapping plans only): stage s sends ``grad_in`` of step t to stage s-1, which
+  applies it with ``receive_grad`` at its update t + ``Job.delay``. With delay 0 (synchronous)
+  the run equals the sequential runner bitwise; with delay d it equals ``simulate`` with the
+  same delay bitwise, whatever the timing, because the Job alone fixes which message meets which
+  update.
+
+Receives are posted ahead (``window`` activations, delay + 1 gradients), sends stay in flight up
+to ``window`` deep, every request is waited on, and a receive that does not arrive within
+``timeout`` seconds raises an error naming the stage and its peer.
+
+Devices and backends (``backend="auto"``): gloo on CPU; NCCL with one GPU per process when the
+node has at least as many GPUs as processes; with fewer GPUs, gloo with host staging (a stage
+computes on its GPU, tensors go through CPU memory for each message: NCCL refuses two ranks on
+one GPU). Timelines use each process's clock from a common start barrier.
+
+Launch: ``run_distributed(job)`` from Python or a notebook (``launch.py`` spawns the workers), or
+``torchrun --nproc-per-node=K -m minilocal train ...`` (see ``python -m minilocal train --help``).
+"""
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .job import Job, RunResult, stage_params
+from .launch import launch
+from .program import Compute, Send, StepTimer, stage_program
+from .timeline import Event
+
+
+@dataclass(frozen=True)
+class Options:
+    """How the workers run (not what they compute): backend, send window, timeout, threads."""
+    backend: str = "auto"
+    window: int = 2
+    timeout: float = 60.0
+    threads: int = None
+
+    def __post_init__(self):
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(f"run_distributed: backend must be 'auto', 'gloo' or 'nccl', "
+                             f"got {self.backend!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"run_distributed: window must be an int >= 1, got {self.window!r}")
+        if not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
+            raise ValueError(f"run_distributed: timeout must be seconds > 0, got {self.timeout!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"run_distributed: threads must be None or an int >= 1, "
+                             f"got {self.threads!r}")
+
+
+def placement(backend, world):
+    """(backend, device, staging) for this process from LOCAL_RANK and the GPUs on its node."""
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    n_gpu = torch.cuda.device_count()
+    if backend == "auto":
+        backend = "nccl" if n_gpu >= per_node else "gloo"
+    if backend == "nccl":
+        if n_gpu < per_node:
+            raise RuntimeError(f"NCCL needs one GPU per process: {per_node} processes on this node "
+                               f"but {n_gpu} GPU(s); use backend='gloo' (host staging) or 'auto'")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        return backend, device, False
+    device = torch.device("cuda", local % n_gpu) if n_gpu else torch.device("cpu")
+    return backend, device, device.type == "cuda"
+
+
+class Links:
+    """One stage's messages: receives posted ahead, a window of sends in flight, timelines."""
+
+    def __init__(self, rank, job, shapes, opts, device, staging, t0, timeline):
+        self.rank, self.opts, self.device, self.staging = rank, opts, device, staging
+        self.t0, self.timeline = t0, timeline
+        n = job.n_steps
+        self.peer = {"act": (rank - 1, rank + 1), "grad": (rank + 1, rank - 1)}  # (from, to)
+        self.expect = {"act": n if rank > 0 else 0, "grad": n if job.receivers()[rank] else 0}
+        self.shape = {"act": shapes[rank - 1] if rank > 0 else None, "grad": shapes[rank]}
+        self.ahead = {"act": opts.window, "grad": job.delay + 1}
+        self.posted = {c: deque() for c in self.peer}
+        self.n_posted = {c: 0 for c in self.peer}
+        self.sending = deque()
+        self.stats = {"sent_act": 0, "sent_grad": 0, "recv_wait_s": 0.0, "send_wait_s": 0.0,
+                      "device": str(device), "staging": staging}
+        for c in self.peer:
+            self._post(c)
+
+    def _post(self, c):
+        while len(self.posted[c]) < self.ahead[c] and self.n_posted[c] < self.expect[c]:
+            shape, dtype = self.shape[c]
+            buf = torch.empty(shape, dtype=dtype, device="cpu" if self.staging else self.device)
+            self.posted[c].append((dist.irecv(buf, self.peer[c][0]), buf, self.n_posted[c]))
+            self.n_posted[c] += 1
+
+    def _wait(self, work, what, peer, kind, step):
+        t_start = time.perf_counter()
+        try:
+            work.wait(timedelta(seconds=self.opts.timeout))
+        except RuntimeError as e:
+            if "timed out" in str(e).lower():
+                raise TimeoutError(f"stage {self.rank} timed out after {self.opts.timeout:g} s "
+                                   f"waiting to {what} step {step} (peer: stage {peer}); is that "
+                                   f"stage stuck or dead? Slow stages need a larger timeout") from e
+            raise RuntimeError(f"stage {self.rank} could not {what} step {step} (peer: stage "
+                               f"{peer}): {e}") from e
+        t_end = time.perf_counter()
+        self.stats[f"{kind}_wait_s"] += t_end - t_start
+        self.timeline.append(Event(self.rank, kind, t_start - self.t0, t_end - self.t0, step))
+
+    def recv(self, c, step):
+        work, buf, posted_step = self.posted[c].popleft()
+        assert posted_step == step, f"stage {self.rank}: {c} messages out of order"
+        what = "receive the activation of" if c == "act" else "receive the backward message of"
+        self._wait(work, what, self.peer[c][0], "recv", step)
+        self._post(c)
+        return buf.to(self.device) if self.staging else buf
+
+    def send(self, c, tensor, step):
+        tensor = tensor.detach().contiguous()
+        tensor = tensor.cpu() if self.staging else tensor
+        self.sending.append((dist.isend(tensor, self.peer[c][1]), tensor, step, c))
+        self.stats[f"sent_{c}"] += 1
+        while len(self.sending) > self.opts.window:
+            self._finish_send()
+
+    def _finish_send(self):
+        work, _, step, c = self.sending.popleft()  # the tensor stays alive until here
+        self._wait(work, f"send the {c} message of", self.peer[c][1], "send", step)
+
+    def close(self):
+        while self.sending:
+            self._finish_send()
+
+
+def message_shapes(net, x):
+    """(shape, dtype) of every stage's output for input x, from a no-grad pass in eval mode."""
+    shapes, was_training = [], net.training
+    net.eval()  # no BatchNorm statistics change: the dry run must not touch the weights' state
+    with torch.no_grad():
+        for stage in net.stages:
+            x = x.to(stage.device)
+            for block in stage.blocks:
+                x = block(x)
+            shapes.append((tuple(x.shape), x.dtype))
+    net.train(was_training)
+    return shapes
+
+
+def drive(program, links, timer, rank, t0, timeline):
+    """Answer the stage program's requests for real; returns its result (the losses)."""
+    value = None
+    while True:
+        try:
+            request = program.send(value)
+        except StopIteration as done:
+            return done.value
+        if isinstance(request, Compute):
+            value, spans = timer.run(request.kind, request.fn)
+            timeline.extend(Event(rank, k, a - t0, b - t0, request.step) for k, a, b in spans)
+        elif isinstance(request, Send):
+            value = links.send(request.channel, request.tensor, request.step)
+        else:
+            value = links.recv(request.channel, request.step)
+
+
+def run_job(rank, world, job, opts, device, staging):
+    """One Job on this rank, inside an initialized process group; returns plain data."""
+    if job.plan.n_stages != world:
+        raise ValueError(f"the plan has {job.plan.n_stages} stages but {world} processes were "
+                         f"started; start one process per stage "
+                         f"(torchrun --nproc-per-node={job.plan.n_stages})")
+    net = job.build([device if s == rank else "cpu" for s in range(world)])
+    stage = net.stages[rank]
+    shapes = message_shapes(net, job.batches(0)[0])
+    timer, timeline = StepTimer(stage), []
+    dist.barrier()
+    t0 = time.perf_counter()
+    links = Links(rank, job, shapes, opts, device, staging, t0, timeline)
+    losses = drive(stage_program(stage, job), links, timer, rank, t0, timeline)
+    links.close()
+    wall = time.perf_counter() - t0
+    return {"losses": losses, "timeline": [tuple(e) for e in timeline], "wall": wall,
+            "params": stage_params(net, rank), "stats": links.stats}
+
+
+def worker(rank, world, jobs, opts, gather=False):
+    """A stage's process: join the group, run every Job, optionally gather all ranks' results on
+    rank 0 (torchrun), barrier, leave. The rendezvous comes from the environment."""
+    torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
+    backend, device, staging = placement(opts.backend, world)
+    dist.init_process_group(backend, timeout=timedelta(seconds=opts.timeout), rank=rank,
+                            world_size=world, device_id=device if backend == "nccl" else None)
+    parts = [run_job(rank, world, job, opts, device, staging) for job in jobs]
+    for part in parts:
+        part["stats"]["backend"] = backend
+    if gather:
+        everyone = [None] * world if rank == 0 else None
+        dist.gather_object(parts, everyone, dst=0)
+        parts = everyone
+    dist.barrier()  # nobody tears down while a peer still talks to it
+    dist.destroy_process_group()
+    return parts
+
+
+def merge(parts, job):
+    """One RunResult from every rank's plain data for the same Job (parts in rank order)."""
+    losses = [list(row) for row in zip(*(p["losses"] for p in parts))]
+    timeline = sorted((Event(*e) for p in parts for e in p["timeline"]),
+                      key=lambda e: (e.t_start, e.stage))
+    params = {k: v for p in parts for k, v in p["params"].items()}
+    history = {"step": list(range(1, job.n_steps + 1)), "train_loss": losses}
+    return RunResult(history, timeline, params, [p["stats"] for p in parts],
+                     max(p["wall"] for p in parts))
+
+
+def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None):
+    """Run a Job (or a list of Jobs with the same number of stages, one after another in one
+    process group) with one process per stage; returns a RunResult (or a list).
+
+    threads: torch threads per process (default: cores // K). timeout: seconds any message may
+    take. Raises WorkerError (naming the stage) if a worker fails, dies or times out.
+    """
+    single = isinstance(jobs, Job)
+    jobs = [jobs] if single else list(jobs)
+    if not jobs or not all(isinstance(j, Job) for j in jobs):
+        raise TypeError(f"run_distributed: jobs must be a Job or a non-empty list of Jobs, "
+                        f"got {jobs!r}")
+    world = jobs[0].plan.n_stages
+    if any(j.plan.n_stages != world for j in jobs):
+        raise ValueError(f"run_distributed: all jobs must have the same number of stages, got "
+                         f"{[j.plan.n_stages for j in jobs]}")
+    opts = Options(backend, window, timeout, threads)
+    parts = launch(worker, (jobs, opts), world)
+    results = [merge([parts[r][i] for r in range(world)], job) for i, job in enumerate(jobs)]
+    return results[0] if single else results

@@ -1,0 +1,166 @@
+"""What every runner is given (a Job) and what every runner returns (a RunResult).
+
+A Job must be rebuilt identically in other processes, so it holds only picklable *recipes*: a
+top-level model function with its kwargs and seed, a batch source that regenerates batch t from a
+seed on any rank, and an optimizer factory (a top-level function or ``functools.partial``).
+"""
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..local import LocalNet
+from ..plan import Plan
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A recipe for ``(blocks, heads)``: ``fn(plan, **kwargs)`` run under torch seed ``seed``."""
+    fn: object
+    kwargs: dict = field(default_factory=dict)
+    seed: int = 0
+
+    def build(self, plan):
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream stays untouched
+            torch.manual_seed(self.seed)
+            return self.fn(plan, **self.kwargs)
+
+
+@dataclass(frozen=True, eq=False)
+class RandomBatches:
+    """Synthetic batches: x (B, d_in) ~ N(0, 1), y (B,) = argmax of a fixed random linear map.
+
+    Batch t depends only on (seed, t), so every rank regenerates the same batch and labels.
+    """
+    batch_size: int = 64
+    d_in: int = 40
+    n_classes: int = 10
+    seed: int = 0
+
+    def __call__(self, t):
+        g = torch.Generator().manual_seed(self.seed)
+        teacher = torch.randn(self.d_in, self.n_classes, generator=g)  # (D, C)
+        g.manual_seed(self.seed * 1_000_003 + t + 1)
+        x = torch.randn(self.batch_size, self.d_in, generator=g)       # (B, D)
+        return x, (x @ teacher).argmax(dim=1)
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayBatches:
+    """Minibatches of arrays x (N, ...) and y (N,), reshuffled each epoch from (seed, epoch)."""
+    x: np.ndarray
+    y: np.ndarray
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y) or not 1 <= self.batch_size <= len(self.x):
+            raise ValueError(f"ArrayBatches: need len(x) == len(y) and 1 <= batch_size <= len(x); "
+                             f"got {len(self.x)}, {len(self.y)}, batch_size={self.batch_size}")
+
+    def __call__(self, t):
+        per_epoch = len(self.x) // self.batch_size  # a short tail is dropped: every batch is full
+        epoch, i = divmod(t, per_epoch)
+        order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
+        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        return torch.from_numpy(self.x[idx]), torch.from_numpy(self.y[idx])
+
+
+def mnist1d_batches(batch_size=64, seed=0):
+    """MNIST-1D training set as an ArrayBatches source (generated offline, cached on disk)."""
+    from ..data import mnist1d
+
+    data = mnist1d()
+    return ArrayBatches(data["x"], data["y"], batch_size, seed)
+
+
+def adam(params, lr=1e-3):
+    """Adam with learning rate ``lr``: a picklable optimizer factory (bind lr with partial)."""
+    return torch.optim.Adam(params, lr=lr)
+
+
+def sgd(params, lr=0.1):
+    """Plain SGD: a picklable optimizer factory."""
+    return torch.optim.SGD(params, lr=lr)
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """A training run every runner can execute: model recipe, Plan, batches, optimizer, steps.
+
+    ``delay``: how many steps late a stage applies the backward message of an overlapping loss.
+    0 is synchronous (stage s waits for the message of step t before its update t). With delay d,
+    update t applies the message of step t - d through the graph of step t: the message was
+    computed on batch t - d, so row i meets example i of batch t (a stale, mismatched gradient;
+    exact alternatives stash weights or recompute the forward). Forward-only plans ignore it.
+    """
+    model: ModelSpec
+    plan: Plan
+    batches: object
+    optimizer: object = functools.partial(adam, lr=1e-3)
+    n_steps: int = 100
+    delay: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.plan, Plan):
+            raise TypeError(f"Job: plan must be a minilocal.Plan, got {type(self.plan).__name__}")
+        for name, low in (("n_steps", 1), ("delay", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Job: {name} must be an int >= {low}, got {value!r}")
+        for s in range(1, self.plan.n_stages):
+            if self.plan.reach(s) > len(self.plan.stages[s - 1]):
+                raise ValueError(f"Job: loss {s} reaches {self.plan.reach(s)} blocks back but stage "
+                                 f"{s - 1} has only {len(self.plan.stages[s - 1])}; the runtime sends "
+                                 f"backward messages one hop only, so use overlap <= the stage size "
+                                 f"(e.g. Plan.overlapping(n, overlap=1))")
+        if not isinstance(self.model, ModelSpec):
+            raise TypeError(f"Job: model must be a ModelSpec(fn, kwargs, seed), got {self.model!r}")
+        for name in ("batches", "optimizer"):
+            if not callable(getattr(self, name)):
+                raise TypeError(f"Job: {name} must be callable, got {getattr(self, name)!r}")
+
+    def replace(self, **changes):
+        """A copy with some fields changed (e.g. ``job.replace(delay=1)``)."""
+        return dataclasses.replace(self, **changes)
+
+    def build(self, devices=None):
+        """A fresh LocalNet with the recipe's initial weights (identical on every rank)."""
+        blocks, heads = self.model.build(self.plan)
+        return LocalNet(blocks, heads, self.plan, optimizer=self.optimizer, devices=devices)
+
+    def receivers(self):
+        """Per stage: how many of its blocks the next stage's loss trains (0: no message)."""
+        K = self.plan.n_stages
+        return [self.plan.reach(s + 1) if s + 1 < K else 0 for s in range(K)]
+
+
+def stage_params(net, s):
+    """Stage s's parameters as numpy arrays, named as in ``net.state_dict()``."""
+    own = {id(p) for p in net.stages[s].parameters()}
+    return {name: p.detach().cpu().numpy().copy() for name, p in net.named_parameters()
+            if id(p) in own}
+
+
+@dataclass
+class RunResult:
+    """Plain data from any runner: history, timeline, final weights (numpy) and statistics.
+
+    history: {"step": [1..n], "train_loss": [[loss of stage 0..K-1] per step]}; timeline: a list
+    of ``Event(stage, kind, t_start, t_end, step)`` in seconds from the run's start; params: name
+    -> array as in ``LocalNet.state_dict()``; stats: one dict per stage; wall: seconds; grads:
+    the first step's gradients (pipeline runner only).
+    """
+    history: dict
+    timeline: list
+    params: dict
+    stats: list
+    wall: float
+    grads: dict = None
+
+    def load_into(self, net):
+        """Copy the final weights into a LocalNet built from the same Job."""
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in self.params.items()}, strict=False)
+        return net

@@ -1,0 +1,95 @@
+"""The stage program: what one stage does per step, written once for every runner but sequential.
+
+``stage_program`` is a generator. It computes through ``stage_step`` / ``receive_grad`` /
+``Stage.update`` and *asks* its driver for communication by yielding requests:
+
+    Compute(kind, fn, step)  run fn now (kind: "step" = forward + local backward, "backward" =
+                             apply a backward message, "update" = optimizer step); returns fn()
+    Send(channel, tensor, step)   channel "act" goes to stage s+1, "grad" to stage s-1
+    Recv(channel, step)      blocking, in order; returns the tensor ("act" from s-1, "grad" from s+1)
+
+The simulator answers in simulated time, the distributed worker with torch.distributed. Because
+both run this one program, their numerics can differ only through the order the Job fixes.
+"""
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from ..local import receive_grad, stage_step
+
+
+@dataclass
+class Compute:
+    kind: str
+    fn: object
+    step: int
+
+
+@dataclass
+class Send:
+    channel: str
+    tensor: torch.Tensor
+    step: int
+
+
+@dataclass
+class Recv:
+    channel: str
+    step: int
+
+
+def stage_program(stage, job):
+    """Run ``job.n_steps`` steps of one stage; returns its local losses (floats), one per step."""
+    s, K = stage.index, job.plan.n_stages
+    reach_next = job.receivers()[s]
+    losses = []
+    for t in range(job.n_steps):
+        x, y = job.batches(t)
+        if s > 0:
+            x = yield Recv("act", t)
+        res = yield Compute("step", partial(stage_step, stage, x, y, update=False), t)
+        if s < K - 1:
+            yield Send("act", res.x_out, t)
+        if res.grad_in is not None:
+            yield Send("grad", res.grad_in, t)
+        if reach_next and t >= job.delay:
+            grad = yield Recv("grad", t - job.delay)
+            yield Compute("backward", partial(receive_grad, stage, grad, reach_next), t)
+        yield Compute("update", stage.update, t)
+        losses.append(float(res.loss))
+    if reach_next:  # every message is received (no send left pending); the last `delay` go unused
+        for t in range(max(0, job.n_steps - job.delay), job.n_steps):
+            yield Recv("grad", t)
+    return losses
+
+
+class StepTimer:
+    """Times ``stage_step`` in two parts: forward (up to the head's output) and backward.
+
+    A forward hook on the head stamps the split; on a GPU both ends synchronize so the times
+    measure the kernels, not their launch.
+    """
+
+    def __init__(self, stage):
+        self.stage, self.split = stage, None
+        stage.head.register_forward_hook(self._stamp)
+
+    def _stamp(self, *_):
+        self.split = self.now()
+
+    def now(self):
+        if self.stage.device.type == "cuda":
+            torch.cuda.synchronize(self.stage.device)
+        return time.perf_counter()
+
+    def run(self, kind, fn):
+        """Run fn; returns (result, [(kind, t_start, t_end), ...]) in perf_counter seconds."""
+        self.split = None
+        t0 = self.now()
+        out = fn()
+        t1 = self.now()
+        if kind == "step" and self.split is not None:
+            return out, [("forward", t0, self.split), ("backward", self.split, t1)]
+        return out, [(kind, t0, t1)]
