@@ -61,6 +61,11 @@ class Stage:
         # Parameters keep their identity through .to()/.double(), so this one tells the live dtype.
         self._probe = next((p for p in self.parameters() if p.is_floating_point()), None)
 
+    @property
+    def dtype(self):
+        """The floating dtype of the stage's parameters (None if it has none)."""
+        return None if self._probe is None else self._probe.dtype
+
     def release(self):
         """Drop the graph kept for backward messages (frees its saved activations)."""
         self._x_in = self._out = None
@@ -88,10 +93,10 @@ def _name(dtype):
 
 def _check_input(stage, x):
     """A floating input must match the stage's parameter dtype (integer token ids pass)."""
-    p = stage._probe
-    if p is not None and x.is_floating_point() and x.dtype != p.dtype:
-        raise TypeError(f"stage {stage.index} expects {_name(p.dtype)} input, got {_name(x.dtype)}; "
-                        f"convert the input with x.to(torch.{_name(p.dtype)}) or the model with "
+    want = stage.dtype
+    if want is not None and x.is_floating_point() and x.dtype != want:
+        raise TypeError(f"stage {stage.index} expects {_name(want)} input, got {_name(x.dtype)}; "
+                        f"convert the input with x.to(torch.{_name(want)}) or the model with "
                         f"net.to(torch.{_name(x.dtype)})")
 
 

@@ -1,5 +1,7 @@
 """LocalNet: equal to the NumPy core, to plain PyTorch, to hand-worked scalars; clear errors."""
 import copy
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,6 +261,29 @@ def test_forward_and_predict_use_only_the_output_head():
     assert torch.equal(net.predict(x), want.argmax(-1))
     outs = net.stage_outputs(x)
     assert len(outs) == 3 and torch.equal(outs[2], want) and torch.isnan(outs[0]).all()
+
+
+def _benchmark(name):
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_greedy_keeps_one_stage_of_activations_overlap_two():
+    peak_saved_bytes = _benchmark("activation_memory").peak_saved_bytes
+    x, y = batch(n=64)
+
+    def peak(plan):  # width = input size, so every stage of greedy looks like a one-block net
+        net = LocalNet(*mlp(plan, width=40), plan)
+        net.train_step(x, y)
+        return peak_saved_bytes(lambda: net.train_step(x, y), list(net.parameters()))
+
+    one_block = peak(Plan.backprop(1))
+    assert peak(Plan.greedy(8)) == one_block
+    assert peak(Plan.greedy(8)) <= 0.3 * peak(Plan.backprop(8))
+    assert one_block < peak(Plan.overlapping(8)) <= 2 * one_block  # stage s-1's graph waits for l_s
 
 
 def test_to_devices_keeps_training_and_optimizer_state():
