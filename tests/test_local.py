@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilocal import LocalNet, Plan
+from minilocal import LocalNet, Plan, models
 from minilocal import numpy_core as npc
 from minilocal.local import stage_step
+from minilocal.models import Dense
 
 torch.set_num_threads(1)
 
@@ -20,18 +21,9 @@ PLANS = [Plan.backprop(4), Plan.greedy(4), Plan.overlapping(4), Plan.overlapping
          Plan.chunked(5, 2), Plan.chunked(5, 3, overlap=1), GENERAL]
 
 
-class Dense(nn.Linear):
-    """relu(linear(x)): parameters named weight/bias, like NumPy's ``blocks.{l}``."""
-
-    def forward(self, x):
-        return torch.relu(super().forward(x))
-
-
-def mlp(plan, d_in=40, width=16, n_classes=10, dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    blocks = [Dense(d_in if b == 0 else width, width, dtype=dtype) for b in range(plan.n_blocks)]
-    heads = [nn.Linear(width, n_classes, dtype=dtype) for _ in range(plan.n_stages)]
-    return blocks, heads
+def mlp(plan, width=16, n_classes=10, dtype=torch.float32, seed=0):
+    """The package's MLP (param names as NumPy's init_mlp), small."""
+    return models.mlp(plan, d_in=40, width=width, n_classes=n_classes, seed=seed, dtype=dtype)
 
 
 def sgd(lr=0.1, momentum=0.0):
