@@ -39,6 +39,9 @@ from .program import Compute, Send, StepTimer, stage_program
 from .timeline import Event
 
 
+STARTUP_S = 120  # process-group timeout: a loaded machine may take long to start every worker
+
+
 @dataclass(frozen=True)
 class Options:
     """How the workers run (not what they compute): backend, send window, timeout, threads."""
@@ -200,8 +203,9 @@ def worker(rank, world, jobs, opts, gather=False):
     rank 0 (torchrun), barrier, leave. The rendezvous comes from the environment."""
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
     backend, device, staging = placement(opts.backend, world)
-    dist.init_process_group(backend, timeout=timedelta(seconds=opts.timeout), rank=rank,
-                            world_size=world, device_id=device if backend == "nccl" else None)
+    dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
+                            rank=rank, world_size=world,
+                            device_id=device if backend == "nccl" else None)
     parts = [run_job(rank, world, job, opts, device, staging) for job in jobs]
     for part in parts:
         part["stats"]["backend"] = backend

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..local import cross_entropy
-from .distributed import Options, placement
+from .distributed import STARTUP_S, Options, placement
 from .job import RunResult
 from .launch import launch
 from .timeline import Event, fill_idle
@@ -101,8 +101,8 @@ def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
     backend, device, _ = placement(opts.backend, world)
     if backend != "nccl":
         device = torch.device("cpu")  # pipelining sends the stage's own tensors: keep them on CPU
-    dist.init_process_group(backend, timeout=timedelta(seconds=opts.timeout), rank=rank,
-                            world_size=world)
+    dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
+                            rank=rank, world_size=world)
     with warnings.catch_warnings():  # stage 0's inputs need no grad: its backward hook still fires
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         parts = [_run_schedule(rank, world, job, name, n_microbatches, device) for name in schedules]

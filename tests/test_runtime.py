@@ -1,0 +1,226 @@
+"""Runtime in one process: sequential and simulated runners against LocalNet and hand-worked
+schedules, the pipeline schedule model, timelines and plots, the CLI. No process is started."""
+import functools
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from minilocal import Plan, models  # noqa: E402
+from minilocal.__main__ import main  # noqa: E402
+from minilocal.local import receive_grad, stage_step  # noqa: E402
+from minilocal.runtime import (ArrayBatches, Event, Job, ModelSpec, RandomBatches,  # noqa: E402
+                               makespan, measure_costs, plot_timelines, plot_utilization,
+                               run_distributed, run_pipeline, run_sequential, schedule_timeline,
+                               sgd, simulate, utilization)
+from minilocal.runtime.distributed import Options  # noqa: E402
+from minilocal.runtime.timeline import as_timeline, fill_idle  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def make_job(plan, n_steps=6, delay=0, batch=8):
+    return Job(ModelSpec(models.mlp, {"width": 16, "d_in": 40}), plan,
+               RandomBatches(batch, d_in=40), functools.partial(sgd, lr=0.2), n_steps, delay)
+
+
+def assert_same_params(got, want):
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(torch.from_numpy(got[k]), torch.from_numpy(want[k])), k
+
+
+# --- sequential ----------------------------------------------------------------------------
+@pytest.mark.parametrize("plan", [Plan.overlapping(3), Plan.chunked(5, 2, overlap=1), Plan.greedy(2)])
+def test_sequential_equals_localnet_train_step(plan):
+    job = make_job(plan)
+    run = run_sequential(job)
+    net = job.build()
+    losses = [net.train_step(*job.batches(t)) for t in range(job.n_steps)]
+    assert run.history == {"step": list(range(1, job.n_steps + 1)), "train_loss": losses}
+    assert_same_params(run.params, {k: v.numpy() for k, v in net.state_dict().items()})
+
+
+def test_sequential_timeline_has_every_stage_step():
+    job = make_job(Plan.overlapping(3), n_steps=4)
+    tl = run_sequential(job).timeline
+    for kind, per_step in (("forward", 3), ("update", 3), ("backward", 3 + 2)):  # + 2 messages
+        assert sum(e.kind == kind for e in tl) == per_step * job.n_steps
+    assert all(e.t_end >= e.t_start >= 0 for e in tl)
+
+
+# --- simulator: numerics -------------------------------------------------------------------
+def test_simulator_with_zero_costs_equals_sequential_bitwise():
+    job = make_job(Plan.overlapping(3))
+    ref, sim = run_sequential(job), simulate(job, [0, 0, 0])
+    assert sim.history == ref.history
+    assert_same_params(sim.params, ref.params)
+
+
+@pytest.mark.parametrize("plan", [Plan.greedy(3), Plan.chunked(4, 3), Plan.overlapping(3)])
+def test_simulator_synchronous_under_any_timing_equals_sequential(plan):
+    # jitter, a slow stage, a short queue and latency change the schedule, not the numbers
+    job = make_job(plan)
+    sim = simulate(job, [1.0, 3.0, 0.5], capacity=1, latency=0.2, jitter=0.5, seed=3)
+    ref = run_sequential(job)
+    assert sim.history == ref.history
+    assert_same_params(sim.params, ref.params)
+
+
+def test_simulator_delay_matches_hand_written_delayed_loop():
+    job = make_job(Plan.overlapping(2), n_steps=5, delay=1)
+    net = job.build()
+    s0, s1 = net.stages
+    messages, losses = [], []
+    for t in range(job.n_steps):  # update t of stage 0 applies the message of step t - 1
+        x, y = job.batches(t)
+        r0 = stage_step(s0, x, y, update=False)
+        r1 = stage_step(s1, r0.x_out, y, update=False)
+        messages.append(r1.grad_in)
+        if t >= 1:
+            receive_grad(s0, messages[t - 1], 1)
+        s0.update(), s1.update()
+        losses.append([float(r0.loss), float(r1.loss)])
+    sim = simulate(job, [1, 1], jitter=0.3)
+    assert sim.history["train_loss"] == losses
+    assert_same_params(sim.params, {k: v.numpy() for k, v in net.state_dict().items()})
+    sync = run_sequential(job.replace(delay=0))
+    assert sim.history["train_loss"][-1] != sync.history["train_loss"][-1]  # the delay matters
+
+
+def test_simulator_is_deterministic_and_seeded():
+    job = make_job(Plan.overlapping(3), delay=1)
+    a, b = (simulate(job, [1, 2, 1], jitter=0.4, seed=7) for _ in range(2))
+    assert a.timeline == b.timeline and a.history == b.history
+    assert simulate(job, [1, 2, 1], jitter=0.4, seed=8).timeline != a.timeline
+
+
+# --- simulator: time ----------------------------------------------------------------------
+def test_simulated_makespan_matches_pipeline_formulas():
+    n = 10
+    job = make_job(Plan.greedy(3), n_steps=n)
+    assert makespan(simulate(job, [1, 1, 1]).timeline) == pytest.approx(n + 2)   # fill + n steps
+    assert makespan(simulate(job, [1, 1, 1], latency=0.5).timeline) == pytest.approx(n + 2 * 1.5)
+    slow = simulate(job, [1, 3, 1])
+    assert makespan(slow.timeline) == pytest.approx(1 + 3 * n + 1)              # the bottleneck
+    assert utilization(slow.timeline) == pytest.approx([n / 32, 3 * n / 32, n / 32])
+
+
+@pytest.mark.parametrize("capacity", [1, 3])
+def test_staleness_equals_queue_capacity_behind_a_slow_stage(capacity):
+    # stage 0 (cost 1) fills the queue to stage 1 (cost 3) and then blocks: stage 1 trains on
+    # activations from weights exactly `capacity` updates older than stage 0's current ones
+    n = 12
+    sim = simulate(make_job(Plan.greedy(2), n_steps=n), [1, 3], capacity=capacity)
+    staleness = sim.stats[1]["staleness"]
+    assert staleness[0] == 0
+    assert staleness[capacity:n - capacity] == [capacity] * (n - 2 * capacity)
+    assert sim.stats[0]["staleness"] == [0] * n
+
+
+def test_measure_costs_has_every_kind_per_stage():
+    costs = measure_costs(make_job(Plan.overlapping(3)), n_steps=3)
+    assert set(costs) == {"forward", "backward", "update", "message"}
+    for kind in ("forward", "backward", "update"):
+        assert all(c > 0 for c in costs[kind])
+    assert costs["message"][0] > 0 and costs["message"][1] > 0 and costs["message"][2] == 0
+
+
+# --- pipeline schedule model --------------------------------------------------------------
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_balanced_pipeline_bubble(schedule):
+    K, M = 3, 4
+    tl = schedule_timeline([1.0] * K, [2.0] * K, M, schedule)
+    assert makespan(tl) == pytest.approx((M + K - 1) * 3)
+    assert utilization(tl) == pytest.approx([M / (M + K - 1)] * K)
+
+
+def test_unbalanced_pipeline_hand_worked():
+    # f = (1, 2, 1), b = 2f, M = 2; worked out op by op in the module's dependency rules
+    f, b = [1.0, 2.0, 1.0], [2.0, 4.0, 2.0]
+    assert makespan(schedule_timeline(f, b, 2, "gpipe")) == pytest.approx(18)
+    assert makespan(schedule_timeline(f, b, 2, "1f1b")) == pytest.approx(16)
+    assert makespan(schedule_timeline(f, b, 2, "gpipe", n_steps=3, update=[1, 1, 1])) == \
+        pytest.approx(3 * 19)
+
+
+# --- timelines and plots ------------------------------------------------------------------
+def test_utilization_and_fill_idle_hand_example():
+    tl = [Event(0, "forward", 0, 1, 0), Event(0, "backward", 2, 4, 0), Event(1, "recv", 0, 1, 0),
+          Event(1, "forward", 1, 2, 0)]
+    assert utilization(tl) == pytest.approx([3 / 4, 1 / 4])
+    idle = [e for e in fill_idle(tl) if e.kind == "idle"]
+    assert idle == [Event(0, "idle", 1, 2, 0)]
+    with pytest.raises(ValueError, match="kind"):
+        as_timeline([(0, "think", 0, 1, 0)])
+
+
+def test_plot_timelines_draws_one_bar_set_per_stage_and_kind():
+    job = make_job(Plan.greedy(2), n_steps=3)
+    runs = {"simulated": simulate(job, [1, 2]).timeline,
+            "gpipe": schedule_timeline([1, 1], [2, 2], 2)}
+    fig, axes = plot_timelines(runs)
+    assert len(axes) == 2
+    for ax, tl in zip(axes, runs.values()):
+        want = {f"{e.kind}-{e.stage}" for e in tl}
+        assert {c.get_gid() for c in ax.collections} == want
+    _, ax = plot_utilization(runs)
+    assert len(ax.patches) == 4
+    plt.close("all")
+
+
+# --- input checks -------------------------------------------------------------------------
+def test_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="one hop"):
+        make_job(Plan.overlapping(3, overlap=2))
+    with pytest.raises(ValueError, match="delay"):
+        make_job(Plan.greedy(2), delay=-1)
+    job = make_job(Plan.greedy(2))
+    with pytest.raises(ValueError, match="capacity"):
+        simulate(job, [1, 1], capacity=0)
+    with pytest.raises(ValueError, match="2 finite seconds"):
+        simulate(job, [1, 1, 1])
+    with pytest.raises(ValueError, match="same number of stages"):
+        run_distributed([job, make_job(Plan.greedy(3))])
+    with pytest.raises(ValueError, match="window"):
+        Options(window=0)
+    with pytest.raises(ValueError, match="n_microbatches"):
+        run_pipeline(job, n_microbatches=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        ArrayBatches(np.zeros((4, 2), np.float32), np.zeros(4, np.int64), batch_size=5)
+
+
+def test_batch_sources_are_deterministic_and_array_epochs_are_permutations():
+    src = RandomBatches(4, seed=1)
+    assert torch.equal(src(3)[0], src(3)[0]) and not torch.equal(src(3)[0], src(4)[0])
+    x = np.arange(10, dtype=np.float32)[:, None]
+    arr = ArrayBatches(x, np.arange(10), batch_size=5, seed=0)
+    epoch = torch.cat([arr(0)[1], arr(1)[1]])
+    assert sorted(epoch.tolist()) == list(range(10))
+    assert torch.equal(arr(2)[1], ArrayBatches(x, np.arange(10), 5, 0)(2)[1])
+
+
+# --- command line -------------------------------------------------------------------------
+def test_cli_trains_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    main(["train", "--runner", "simulator", "--plan", "overlapping", "--blocks", "3", "--steps", "4",
+          "--data", "random", "--width", "8", "--batch-size", "8", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "4 steps" in text and "utilization" in text
+    saved = json.loads(out.read_text())
+    assert len(saved["history"]["train_loss"]) == 4 and len(saved["history"]["train_loss"][0]) == 3
+    assert {e[1] for e in saved["timeline"]} >= {"forward", "backward", "update"}
+
+
+def test_cli_help_documents_torchrun_and_rejects_bad_plans(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0 and "--nnodes" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--plan", "chunked", "--chunks", "5", "--blocks", "3"])
+    assert exit_.value.code == 2 and "n_chunks must be between 1 and 3" in capsys.readouterr().err
