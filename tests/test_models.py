@@ -146,6 +146,23 @@ def test_greedy_block0_gets_nothing_from_later_losses(name):
         assert not torch.allclose(p.grad, every_later[f"blocks.0.{key}"], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", list(SMALL))
+def test_models_on_cuda_give_the_cpu_gradients(name):
+    import copy
+
+    plan = Plan(stages=((0, 1), (2,), (3,)), overlap=1)
+    blocks, heads, x, y = small_case(name, plan)
+    cpu = LocalNet(copy.deepcopy(blocks), copy.deepcopy(heads), plan)
+    gpu = LocalNet(blocks, heads, plan, devices="cuda")
+    np.testing.assert_allclose(gpu.local_backward(x.cuda(), y.cuda()), cpu.local_backward(x, y),
+                               rtol=1e-9)
+    want = dict(cpu.named_parameters())
+    for key, p in gpu.named_parameters():
+        torch.testing.assert_close(p.grad.cpu(), want[key].grad, rtol=1e-8, atol=1e-11, msg=key)
+
+
 # --- the MLP is the numpy core's twin -----------------------------------------------------------
 @pytest.mark.parametrize("plan", PLANS, ids=PLAN_IDS)
 def test_mlp_state_dict_matches_init_mlp_names_and_shapes(plan):
