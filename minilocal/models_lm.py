@@ -34,7 +34,7 @@ class CausalSelfAttention(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """x + attn(ln(x)), then x + mlp(ln(x)); the MLP is 4x wide with GELU. x: (B, T, C) -> (B, T, C)."""
+    """x + attn(ln(x)), then x + mlp(ln(x)) with a 4x wide GELU MLP. x: (B, T, C) -> (B, T, C)."""
 
     def __init__(self, d_model, n_heads):
         super().__init__()
@@ -93,8 +93,8 @@ def tiny_lm(plan, vocab_size, n_blocks=None, d_model=64, n_heads=4, block_size=6
                         ("block_size", block_size)):
         check_int(where, name, value)
     if d_model % n_heads:
-        raise ValueError(f"{where}: d_model ({d_model}) must be divisible by n_heads ({n_heads}) so "
-                         f"every head gets d_model / n_heads features; try n_heads=4 with d_model=64")
+        raise ValueError(f"{where}: d_model ({d_model}) must be divisible by n_heads ({n_heads}) "
+                         f"so each head gets d_model / n_heads, e.g. d_model=64, n_heads=4")
 
     def build():
         blocks = [nn.Sequential(Embedding(vocab_size, d_model, block_size),

@@ -17,7 +17,7 @@ DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # --- argument checks shared by every builder ---------------------------------------------------
 def check_plan(where, plan, n_blocks=None):
-    """``plan`` if it is a Plan (with ``n_blocks`` blocks when that is given); else a clear error."""
+    """``plan`` if it is a Plan (with ``n_blocks`` blocks, when given); else a clear error."""
     if not isinstance(plan, Plan):
         raise TypeError(f"{where}: plan must be a minilocal.Plan, got {type(plan).__name__}; "
                         f"build one with e.g. Plan.greedy(4)")
@@ -118,7 +118,8 @@ def cnn1d(plan, n_blocks=None, channels=64, kernel_size=3, n_down=3, n_classes=1
     Input x: (B, d_in); block 0 adds the channel axis. Block l outputs (B, channels, T_l) with
     T_l = d_in halved (rounding up) once per stride-2 block so far. Head s on block l: ``flatten``
     (default; keeps *where* a feature occurs, which MNIST-1D's classes depend on) +
-    Linear(channels * T_l, n_classes), or ``pool``: global average pool + Linear(channels, n_classes).
+    Linear(channels * T_l, n_classes), or ``pool``: global average pool + Linear(channels,
+    n_classes).
 
     With the defaults and Plan.backprop(4), Adam lr 1e-2, batch 128, 60 epochs reach ~95% test
     accuracy on ``mnist1d()`` (about 30 s on one CPU core).
@@ -147,7 +148,7 @@ def cnn1d(plan, n_blocks=None, channels=64, kernel_size=3, n_down=3, n_classes=1
 
 # --- residual blocks (1-D and 2-D) ----------------------------------------------------------------
 class ResBlock(nn.Module):
-    """relu(x + f(x)), f = conv3-norm-relu-conv3-norm; (B, C_in, *S) -> (B, C_out, *ceil(S / stride)).
+    """relu(x + f(x)), f = conv3-norm-relu-conv3-norm: (B, C_in, *S) -> (B, C_out, *ceil(S/stride)).
 
     A 1x1 conv shortcut matches shapes when stride or channels change. ``stem_in`` puts a stem
     (conv3 from ``stem_in`` channels, norm, relu) in front: the first block of a network owns it.

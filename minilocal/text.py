@@ -12,7 +12,7 @@ import numpy as np
 KINDS = ("arithmetic", "grammar", "mixed")
 NOUNS = ("cat", "dog", "bird", "fox", "frog", "horse", "robot", "farmer")
 VERBS = ("see", "chase", "like", "follow", "find", "help")
-ADJECTIVES = ("small", "big", "red", "quick", "lazy", "tall")  # none starts with a vowel: "a" stays right
+ADJECTIVES = ("small", "big", "red", "quick", "lazy", "tall")  # no vowel first, so "a" fits
 PLACES = ("near the river", "in the garden", "under a tree", "at night")
 SINGULAR_DETS, PLURAL_DETS = ("the", "a", "every"), ("the", "some", "two")
 
@@ -42,7 +42,7 @@ def _grammar_line(rng):
 
 
 def make_corpus(n_lines=2000, seed=0, kind="mixed", max_digits=3):
-    """``n_lines`` lines joined by newlines (a str ending in one); the same seed gives the same text.
+    """``n_lines`` lines joined by newlines (a str ending in one); same seed, same text.
 
     kind: "arithmetic" (a+b=c with up to ``max_digits`` digits per operand), "grammar", or "mixed"
     (each line either, with equal odds).
@@ -105,7 +105,7 @@ class CharTokenizer:
 
 
 def lm_dataset(ids, block_size, stride=None):
-    """Windows for next-character prediction: ids (N,) -> x, y (M, block_size) int64, y = x shifted by one.
+    """Next-character windows: ids (N,) -> x, y (M, block_size) int64, y = x shifted by one.
 
     Window i starts at ``i * stride`` (default ``block_size``: windows do not overlap).
     """
@@ -130,12 +130,14 @@ def load_text(path):
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"load_text: {str(path)!r} {what} (absolute path: {path.resolve()}); "
-                                f"pass the path of a UTF-8 text file, or use make_corpus() instead")
+        raise FileNotFoundError(f"load_text: {str(path)!r} {what} (absolute path: "
+                                f"{path.resolve()}); pass the path of a UTF-8 text file, or use "
+                                f"make_corpus() instead")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"load_text: {str(path)!r} is not UTF-8 text ({e}); save it as UTF-8") from None
+        raise ValueError(f"load_text: {str(path)!r} is not UTF-8 text ({e}); save it as "
+                         f"UTF-8") from None
     if not text:
         raise ValueError(f"load_text: {str(path)!r} is empty; the LM needs some text to learn from")
     return text
