@@ -34,6 +34,7 @@ def cross_entropy(logits, y):
 
 
 def default_optimizer(params):
+    """Adam, lr 1e-3: what LocalNet gives each stage unless told otherwise."""
     return torch.optim.Adam(params, lr=1e-3)
 
 
@@ -57,14 +58,14 @@ class Stage:
         for module in [*self.blocks, self.head]:
             yield from module.parameters()
 
-    def __post_init__(self):
-        # Parameters keep their identity through .to()/.double(), so this one tells the live dtype.
-        self._probe = next((p for p in self.parameters() if p.is_floating_point()), None)
-
     @property
     def dtype(self):
         """The floating dtype of the stage's parameters (None if it has none)."""
         return None if self._probe is None else self._probe.dtype
+
+    def __post_init__(self):
+        # Parameters keep their identity through .to()/.double(), so this one tells the live dtype.
+        self._probe = next((p for p in self.parameters() if p.is_floating_point()), None)
 
     def release(self):
         """Drop the graph kept for backward messages (frees its saved activations)."""
@@ -102,12 +103,12 @@ def _check_input(stage, x):
 
 def _check_finite(stage, loss):
     if not math.isfinite(loss):
-        raise FloatingPointError(f"stage {stage.index}: local loss is {loss} at step "
-                                 f"{stage.step_count}; training stopped before the update. Lower "
-                                 f"the learning rate or check the inputs")
+        raise FloatingPointError(f"stage {stage.index}: local loss is {loss} at step {stage.step_count}; "
+                                 f"stopped before the update. Lower the lr or check the inputs")
 
 
 def _forward_blocks(stage, x):
+    _check_input(stage, x)
     for i, block in enumerate(stage.blocks):
         try:
             x = block(x)
@@ -159,7 +160,6 @@ def stage_step(stage, x_in, y, update=True):
     """
     x_in = x_in.to(stage.device, non_blocking=True).detach()
     y = y.to(stage.device, non_blocking=True)
-    _check_input(stage, x_in)
     if stage.reach:
         x_in.requires_grad_(True)
     out = _forward_blocks(stage, x_in)
@@ -192,24 +192,21 @@ def receive_grad(stage, grad_out, n_blocks):
 
 def _check_devices(devices, n_stages):
     """One torch.device per stage from None (all CPU), a single device, or a list."""
-    if devices is None:
-        devices = "cpu"
-    if isinstance(devices, (str, torch.device)):
-        devices = [devices] * n_stages
+    if devices is None or isinstance(devices, (str, torch.device)):
+        devices = [devices or "cpu"] * n_stages
     devices = list(devices)
     if len(devices) != n_stages:
         raise ValueError(f"LocalNet: devices must list one device per stage ({n_stages}), "
                          f"got {len(devices)}: {devices}")
-    out = []
-    for d in map(torch.device, devices):
+    devices = [torch.device(d) for d in devices]
+    for d in devices:
         if d.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"LocalNet: device {d} was asked for but CUDA is not available on "
                                f"this machine; use 'cpu' or minilocal.device()")
         if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
             raise RuntimeError(f"LocalNet: device {d} does not exist; this machine has "
                                f"{torch.cuda.device_count()} CUDA device(s)")
-        out.append(d)
-    return out
+    return devices
 
 
 def _check_modules(blocks, heads, plan):
@@ -321,25 +318,22 @@ class LocalNet(nn.Module):
         self.step()
         return losses
 
-    def stage_outputs(self, x):
-        """Logits of every head (list of K tensors), without gradients."""
+    def _through(self, x, every_head):
         outs, h = [], x
-        with torch.no_grad():
-            for stage in self.stages:
-                h = h.to(stage.device)
-                _check_input(stage, h)
-                h = _forward_blocks(stage, h)
+        for stage in self.stages:
+            h = _forward_blocks(stage, h.to(stage.device))
+            if every_head or stage is self.stages[-1]:
                 outs.append(_head(stage, h))
         return outs
 
+    def stage_outputs(self, x):
+        """Logits of every head (list of K tensors), without gradients."""
+        with torch.no_grad():
+            return self._through(x, every_head=True)
+
     def forward(self, x):
-        """Model output: all blocks, then the output head (the last stage's)."""
-        h = x
-        for stage in self.stages:
-            h = h.to(stage.device)
-            _check_input(stage, h)
-            h = _forward_blocks(stage, h)
-        return _head(self.stages[-1], h)
+        """Model output: all blocks, then the output head (the last stage's) only."""
+        return self._through(x, every_head=False)[0]
 
     def predict(self, x):
         """Class predictions from the output head, no gradients."""
