@@ -120,7 +120,8 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     initial lr. ``checkpoint``: a file path written every ``checkpoint_every`` steps (default
     ``eval_every``) and at the end; with ``resume`` a run continues from it (a finished run just
     returns its history). ``device``: None keeps the net where it is, 'auto' picks
-    ``minilocal.device()``, anything else is passed to ``net.to_devices``.
+    ``minilocal.device()``, anything else is passed to ``net.to_devices``. ``seed`` fixes the batch
+    order and seeds torch's global generator (dropout and other randomness inside the model).
     """
     if not isinstance(net, LocalNet):
         raise TypeError(f"fit: net must be a minilocal.LocalNet, got {type(net).__name__}")
@@ -177,6 +178,7 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}})
 
     bar = tqdm(total=steps, initial=start, desc=net.plan.name or "fit", disable=not progress)
+    shown = {}  # the bar's postfix: output-head train loss and test accuracy
     net.train()
     for step in range(start + 1, steps + 1):
         if pos + batch_size > n:
@@ -187,6 +189,9 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
             _set_lr(net, schedule(step - 1), step - 1)
         running.append(net.train_step(x[idx], y[idx]))
         bar.update(1)
+        if step % 10 == 0:  # the output head's loss, averaged since the last evaluation
+            shown["loss"] = f"{sum(r[-1] for r in running) / len(running):.3f}"
+            bar.set_postfix(shown, refresh=False)
         if step % eval_every == 0 or step == steps:
             test_loss, test_acc = evaluate(net, x_test, y_test, eval_batch_size)
             history["step"].append(step)
@@ -194,7 +199,7 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
             history["test_loss"].append(test_loss)
             history["test_acc"].append(test_acc)
             running = []
-            bar.set_postfix(loss=f"{history['train_loss'][-1][-1]:.3f}", acc=f"{test_acc[-1]:.3f}")
+            shown["test_acc"] = f"{test_acc[-1]:.3f}"
         if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
             save(step)
     bar.close()
