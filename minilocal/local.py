@@ -158,8 +158,9 @@ def stage_step(stage, x_in, y, update=True):
     offers the part that belongs to earlier blocks). With ``update`` it also takes the optimizer
     step; a stage that expects a backward message must wait for it (``update=False``).
     """
-    x_in = x_in.to(stage.device, non_blocking=True).detach()
-    y = y.to(stage.device, non_blocking=True)
+    fast = stage.device.type == "cuda"  # a copy to a GPU is stream-ordered; one to the CPU must wait
+    x_in = x_in.to(stage.device, non_blocking=fast).detach()
+    y = y.to(stage.device, non_blocking=fast)
     if stage.reach:
         x_in.requires_grad_(True)
     out = _forward_blocks(stage, x_in)
