@@ -159,6 +159,7 @@ def _save(path, results):
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.json")
     with os.fdopen(fd, "w") as f:
         json.dump(results, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared with the notebooks
     os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
 
 
