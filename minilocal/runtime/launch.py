@@ -56,6 +56,12 @@ def _entry(rank, nprocs, port, parent, fn, args, results):
         results.put(("ok", rank, fn(rank, nprocs, *args)))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the launcher
         results.put(("error", rank, f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"))
+    # The work is done and reported: skip the interpreter's slow teardown of torch.
+    results.close()
+    results.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _stop(procs, exit_s):

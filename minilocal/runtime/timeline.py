@@ -8,9 +8,6 @@ with ``plt.show()``.
 """
 from collections import namedtuple
 
-import matplotlib.pyplot as plt
-from matplotlib.patches import Patch
-
 Event = namedtuple("Event", "stage kind t_start t_end step")
 
 COMPUTE = ("forward", "backward", "update")
@@ -54,10 +51,17 @@ def utilization(timeline, n_stages=None):
     return [b / span if span else 0.0 for b in busy_time(timeline, n_stages)]
 
 
+def _pyplot():
+    import matplotlib.pyplot as plt  # on first plot only: every worker process imports this module
+
+    return plt
+
+
 def plot_timeline(timeline, ax=None, title=None):
     """Gantt chart: one row per stage (stage 0 on top), one bar per event coloured by kind."""
     timeline = as_timeline(timeline)
     if ax is None:
+        plt = _pyplot()
         fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * (1 + max(e.stage for e in timeline))))
     fig = ax.figure
     rows = {}
@@ -76,6 +80,8 @@ def plot_timeline(timeline, ax=None, title=None):
 
 
 def _legend(fig, timelines):
+    from matplotlib.patches import Patch
+
     used = {e.kind for tl in timelines for e in tl}
     handles = [Patch(color=COLORS[k], label=k) for k in KINDS if k in used]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
@@ -88,6 +94,7 @@ def plot_timelines(timelines, share_x=True):
     if not names:
         raise ValueError("plot_timelines: timelines is empty; give {name: timeline}")
     tls = [as_timeline(timelines[n]) for n in names]
+    plt = _pyplot()
     heights = [1 + max(e.stage for e in tl) for tl in tls]
     fig, axes = plt.subplots(len(names), 1, sharex=share_x, squeeze=False,
                              figsize=(9, 0.8 + 0.45 * sum(heights) + 0.4 * len(names)),
@@ -106,7 +113,7 @@ def plot_timelines(timelines, share_x=True):
 def plot_utilization(timelines, ax=None):
     """Grouped bars: compute utilization of each stage, one group per run."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3))
+        _, ax = _pyplot().subplots(figsize=(6, 3))
     names = list(timelines)
     width = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
