@@ -2,6 +2,8 @@
 schedules, the pipeline schedule model, timelines and plots, the CLI. No process is started."""
 import functools
 import json
+import sys
+import types
 
 import matplotlib
 
@@ -224,3 +226,16 @@ def test_cli_help_documents_torchrun_and_rejects_bad_plans(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--plan", "chunked", "--chunks", "5", "--blocks", "3"])
     assert exit_.value.code == 2 and "n_chunks must be between 1 and 3" in capsys.readouterr().err
+
+
+def test_notebook_defined_recipes_are_refused_before_any_process_starts(monkeypatch):
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # as in Jupyter
+
+    def my_model(plan):
+        return models.mlp(plan)
+    my_model.__module__ = "__main__"
+    job = make_job(Plan.greedy(2)).replace(model=ModelSpec(my_model))
+    with pytest.raises(ValueError, match=r"Job.model.fn \('my_model'\) is defined in this notebook"):
+        run_distributed(job)
+    with pytest.raises(ValueError, match="defined in this notebook"):
+        run_pipeline(job)

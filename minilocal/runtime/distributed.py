@@ -246,6 +246,8 @@ def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None):
         raise ValueError(f"run_distributed: all jobs must have the same number of stages, got "
                          f"{[j.plan.n_stages for j in jobs]}")
     opts = Options(backend, window, timeout, threads)
+    for job in jobs:
+        job.check_portable("run_distributed")
     parts = launch(worker, (jobs, opts), world)
     results = [merge([parts[r][i] for r in range(world)], job) for i, job in enumerate(jobs)]
     return results[0] if single else results

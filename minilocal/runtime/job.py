@@ -6,6 +6,7 @@ seed on any rank, and an optimizer factory (a top-level function or ``functools.
 """
 import dataclasses
 import functools
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,6 +131,20 @@ class Job:
         """A fresh LocalNet with the recipe's initial weights (identical on every rank)."""
         blocks, heads = self.model.build(self.plan)
         return LocalNet(blocks, heads, self.plan, optimizer=self.optimizer, devices=devices)
+
+    def check_portable(self, where):
+        """Refuse recipes that worker processes cannot import: code defined in a notebook."""
+        main = sys.modules.get("__main__")
+        if hasattr(main, "__file__"):  # a script: spawned workers re-import it, so all is found
+            return
+        for name, obj in (("model.fn", self.model.fn), ("optimizer", self.optimizer),
+                          ("batches", type(self.batches))):
+            obj = getattr(obj, "func", obj)  # functools.partial
+            if getattr(obj, "__module__", None) == "__main__":
+                raise ValueError(f"{where}: Job.{name} ({getattr(obj, '__name__', obj)!r}) is "
+                                 f"defined in this notebook, and worker processes cannot import "
+                                 f"it; move it into a .py file next to the notebook and import "
+                                 f"it, or use minilocal.models and the runtime's batch sources")
 
     def receivers(self):
         """Per stage: how many of its blocks the next stage's loss trains (0: no message)."""

@@ -84,7 +84,8 @@ def _stop(procs, exit_s):
 def _describe(rank, pid, exitcode):
     if exitcode < 0:
         return f"stage {rank} (pid {pid}) was killed by {signal.Signals(-exitcode).name}"
-    return f"stage {rank} (pid {pid}) exited with code {exitcode} without a result"
+    return (f"stage {rank} (pid {pid}) exited with code {exitcode} before reporting (any "
+            f"traceback it printed is on stderr)")
 
 
 def _failure(procs, errors, results):

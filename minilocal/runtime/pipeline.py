@@ -129,7 +129,8 @@ def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", tim
                          f"size ({batch}), got {n_microbatches!r}")
     world = job.plan.n_stages
     if world < 2:
-        raise ValueError(f"run_pipeline: the plan has 1 stage; a pipeline needs at least 2")
+        raise ValueError("run_pipeline: the plan has 1 stage; a pipeline needs at least 2")
+    job.check_portable("run_pipeline")
     parts = launch(pipeline_worker, (job, schedules, n_microbatches,
                                      Options(backend, 1, timeout, threads)), world)
     out = {}
