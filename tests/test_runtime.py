@@ -95,6 +95,14 @@ def test_simulator_delay_matches_hand_written_delayed_loop():
     assert sim.history["train_loss"][-1] != sync.history["train_loss"][-1]  # the delay matters
 
 
+def test_jitter_per_stage_only_touches_that_stage():
+    sim = simulate(make_job(Plan.greedy(3)), [3, 3, 3], jitter=[0, 0.5, 0])
+    durations = {s: {e.t_end - e.t_start for e in sim.timeline if e.stage == s and
+                     e.kind == "forward"} for s in range(3)}
+    assert durations[0] == durations[2] == {1.0}
+    assert len(durations[1]) == sim.history["step"][-1]
+
+
 def test_simulator_is_deterministic_and_seeded():
     job = make_job(Plan.overlapping(3), delay=1)
     a, b = (simulate(job, [1, 2, 1], jitter=0.4, seed=7) for _ in range(2))

@@ -173,7 +173,8 @@ def drive(program, links, timer, rank, t0, timeline):
             value, spans = timer.run(request.kind, request.fn)
             timeline.extend(Event(rank, k, a - t0, b - t0, request.step) for k, a, b in spans)
         elif isinstance(request, Send):
-            value = links.send(request.channel, request.tensor, request.step)
+            links.send(request.channel, request.tensor, request.step)
+            value = None
         else:
             value = links.recv(request.channel, request.step)
 

@@ -104,7 +104,8 @@ class _Simulation:
             self.now[s] = T
 
     def _cost(self, kind, s):
-        factor = math.exp(self.jitter * self.rng.standard_normal()) if self.jitter else 1.0
+        sigma = self.jitter[s]
+        factor = math.exp(sigma * self.rng.standard_normal()) if sigma else 1.0
         return self.table[kind][s] * factor
 
     def _compute(self, s, T, r):
@@ -175,17 +176,24 @@ def simulate(job, costs, capacity=2, latency=0.0, jitter=0.0, seed=0):
     costs: K seconds per stage step, or a dict of per-stage lists for "forward", "backward",
     "update" and "message" (``measure_costs(job)`` measures one), or "measure". capacity: the
     activation queue length between stages (>= 1). latency: seconds a message travels. jitter:
-    sigma of the log-normal cost noise. ``wall`` and the timeline are in simulated seconds.
+    sigma of the log-normal cost noise, one for all stages or one per stage (a jittery stage).
+    ``wall`` and the timeline are in simulated seconds.
     """
-    if costs == "measure":
+    if isinstance(costs, str):
+        if costs != "measure":
+            raise ValueError(f"simulate: costs must be numbers, a dict or 'measure', got {costs!r}")
         costs = measure_costs(job)
     table = cost_table(costs, job.plan.n_stages)
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
         raise ValueError(f"simulate: capacity must be an int >= 1 (messages a queue holds), "
                          f"got {capacity!r}")
-    for name, value in (("latency", latency), ("jitter", jitter)):
-        if not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-            raise ValueError(f"simulate: {name} must be a finite number >= 0, got {value!r}")
+    K = job.plan.n_stages
+    jitter = [jitter] * K if isinstance(jitter, (int, float)) else list(jitter)
+    for name, values in (("latency", [latency]), ("jitter", jitter)):
+        if not all(isinstance(v, (int, float)) and 0 <= v < math.inf for v in values):
+            raise ValueError(f"simulate: {name} must be finite numbers >= 0, got {values!r}")
+    if len(jitter) != K:
+        raise ValueError(f"simulate: jitter must be one sigma or one per stage ({K}), got {jitter}")
     sim = _Simulation(job, table, capacity, latency, jitter, seed)
     sim.run()
     timeline = sorted(sim.timeline, key=lambda e: (e.t_start, e.stage))
