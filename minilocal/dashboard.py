@@ -112,8 +112,6 @@ class Dashboard:
             if self.live:
                 self._redraw()
 
-    __call__ = log
-
     def _flush(self):
         """Close the current window: its mean becomes one point of the history."""
         if self._window:
