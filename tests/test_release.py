@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -149,3 +150,215 @@ def test_release_executes_both_copies_with_outputs(tmp_path):
     assert solved.cells[2].outputs[0].text == "2\n"
     assert course.cells[2].outputs[0].text == "stub: Exercise 1.1: return x plus one\n"
     assert all(c.execution_count is not None for c in course.cells if c.cell_type == "code")
+
+
+# --- (a) course/ is in sync with solutions/, and both are stored executed ------------------------
+def solution_notebooks():
+    return sorted(p for p in SOLUTIONS.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def course_notebooks():
+    return sorted(p for p in COURSE.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+NOTEBOOKS = [p.relative_to(SOLUTIONS) for p in solution_notebooks()]
+by_name = pytest.mark.parametrize("rel_path", NOTEBOOKS, ids=[str(p) for p in NOTEBOOKS])
+
+
+def test_every_course_notebook_has_a_source_and_the_reverse():
+    assert NOTEBOOKS, "no notebooks under solutions/"
+    assert [p.relative_to(COURSE) for p in course_notebooks()] == NOTEBOOKS
+
+
+def test_course_assets_equal_the_solutions_assets():
+    for path in SOLUTIONS.rglob("*"):
+        if path.is_file() and path.suffix != ".ipynb" and path != SOLUTIONS / "README.md" \
+                and not rel.SKIP_DIRS & set(path.parts):
+            target = COURSE / path.relative_to(SOLUTIONS)
+            assert target.is_file() and target.read_bytes() == path.read_bytes(), \
+                f"{target} differs from {path}; run `python -m minilocal.release --no-execute`"
+
+
+@by_name
+def test_course_is_in_sync_with_solutions(rel_path):
+    solved = nbformat.read(SOLUTIONS / rel_path, as_version=4)
+    expected = rel.make_course(solved, rel_path.name)
+    course = nbformat.read(COURSE / rel_path, as_version=4)
+    hint = f"course/{rel_path} is stale: run `python -m minilocal.release {rel_path.stem}`"
+    assert course.metadata.get("kernelspec") == expected.metadata.get("kernelspec"), hint
+    assert len(course.cells) == len(expected.cells), hint
+    for i, (got, want) in enumerate(zip(course.cells, expected.cells)):
+        assert (got.cell_type, got.get("id"), got.source) == (want.cell_type, want.get("id"), want.source), \
+            f"{hint} (cell {i})"
+        assert got.metadata.get("tags", []) == want.metadata.get("tags", []), f"{hint} (cell {i} tags)"
+
+
+@pytest.mark.parametrize("folder", ["solutions", "course"])
+@by_name
+def test_notebooks_are_stored_executed_without_errors(folder, rel_path):
+    nb = nbformat.read(ROOT / folder / rel_path, as_version=4)
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or "skip-execution" in cell.metadata.get("tags", []):
+            continue
+        assert cell.execution_count is not None, \
+            f"{folder}/{rel_path} cell {i} was never run: release it with `python -m minilocal.release`"
+        if "raises-exception" not in cell.metadata.get("tags", []):
+            errors = [o for o in cell.outputs if o.output_type == "error"]
+            assert not errors, f"{folder}/{rel_path} cell {i} stored an error: {errors[0].get('ename')}"
+
+
+# --- (b) no solution text leaks into course/ ------------------------------------------------------
+def leaked_lines(solved, course):
+    """Lines found only inside solution blocks of ``solved`` that appear anywhere in ``course``."""
+    inside, outside = set(), set()
+    for cell in solved.cells:
+        in_block = False
+        for line in cell.source.split("\n"):
+            text = line.strip()
+            if cell.cell_type == "code" and text.endswith("BEGIN SOLUTION") and text.startswith("#"):
+                in_block = True
+            elif cell.cell_type == "code" and text.endswith("END SOLUTION") and text.startswith("#"):
+                in_block = False
+            elif text:
+                (inside if in_block else outside).add(text)
+    course_lines = {line.strip() for cell in course.cells for line in cell.source.split("\n")}
+    return sorted((inside - outside) & course_lines)
+
+
+def test_leak_detector_finds_a_leaked_line():
+    solved = notebook(EXERCISE_CELL)
+    course = rel.make_course(solved, "01_x.ipynb")
+    assert leaked_lines(solved, course) == []
+    course.cells.append(new_markdown_cell("Hint: y = x + 1"))
+    course.cells.append(new_code_cell("    return y"))
+    assert leaked_lines(solved, course) == ["return y"]
+
+
+@by_name
+def test_no_solution_text_in_course(rel_path):
+    solved = nbformat.read(SOLUTIONS / rel_path, as_version=4)
+    course = nbformat.read(COURSE / rel_path, as_version=4)
+    for cell in course.cells:
+        assert "BEGIN SOLUTION" not in cell.source and "END SOLUTION" not in cell.source
+    assert leaked_lines(solved, course) == [], f"course/{rel_path} shows solution lines"
+    assert sum("BEGIN SOLUTION" in c.source for c in solved.cells) == \
+        sum("raise NotImplementedError(\"Exercise" in c.source for c in course.cells)
+
+
+# --- (d) a wrong answer fails its check cell; a stub says "not done yet" ----------------------------
+CHECK_CALL = re.compile(r"\bcheck\(\s*[\"'](\d+\.\d+)[\"']")
+DEFINES = re.compile(r"^def (\w+)\(", re.M)
+
+
+def perturbed(value):
+    """A clearly wrong copy of an exercise's result: every number moved by about 1%, ints by 1;
+    anything that is not numbers (a Plan, a string) is kept."""
+    if isinstance(value, dict):
+        return {k: perturbed(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(perturbed(v) for v in value)
+    if hasattr(value, "detach"):  # a torch tensor
+        return value.detach() * 1.01 + 0.01
+    array = np.asarray(value)
+    if array.dtype == bool:
+        return ~array
+    if np.issubdtype(array.dtype, np.integer):
+        return array + 1
+    if np.issubdtype(array.dtype, np.floating):
+        return array * 1.01 + 0.01
+    return value
+
+
+def code_cells(path):
+    """The sources of a notebook's code cells, without IPython magics."""
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    return ["\n".join(l for l in s.split("\n") if not l.lstrip().startswith("%")) for s in cells]
+
+
+def run_until_last_check(path, monkeypatch, on_check):
+    """Exec a notebook's code cells in one namespace up to its last check cell, calling
+    ``on_check(namespace, source, exercises, functions)`` in place of running each check cell;
+    ``functions`` are the names the matching exercise cells define. Returns the exercises seen."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    monkeypatch.chdir(path.parent)
+    cells = code_cells(path)
+    checks = [CHECK_CALL.findall(source) for source in cells]
+    last = max((i for i, found in enumerate(checks) if found), default=-1)
+    namespace, defined, seen = {"__name__": "__notebook__"}, {}, []
+    for source, exercises in zip(cells[:last + 1], checks):
+        if exercise := rel.exercise_of(source):
+            defined[f"{exercise[0]}.{exercise[1]}"] = DEFINES.findall(source)
+        with contextlib.redirect_stdout(io.StringIO()):
+            if exercises:
+                functions = [name for e in exercises for name in defined.get(e, [])]
+                on_check(namespace, source, exercises, functions)
+                seen += exercises
+            else:
+                exec(compile(source, str(path), "exec"), namespace)
+        plt.close("all")
+    return seen
+
+
+def exec_check(namespace, source):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(source, "check cell", "exec"), namespace)
+    return out.getvalue()
+
+
+def fresh_generators(namespace):
+    """A namespace copy whose random generators are copies, so a trial run draws nothing from them."""
+    import copy
+    trial = dict(namespace)
+    trial.update({k: copy.deepcopy(v) for k, v in namespace.items() if isinstance(v, np.random.Generator)})
+    return trial
+
+
+def wrong(function):
+    return lambda *args, **kwargs: perturbed(function(*args, **kwargs))
+
+
+@by_name
+def test_every_check_cell_passes_the_solution_and_fails_a_wrong_answer(rel_path, monkeypatch):
+    def on_check(namespace, source, exercises, functions):
+        assert functions, f"{rel_path}: no '# Exercise' cell defines a function for {exercises}"
+        trial = fresh_generators(namespace)
+        trial.update({name: wrong(namespace[name]) for name in functions})
+        labels = "|".join(re.escape(e) for e in exercises)
+        with pytest.raises(AssertionError, match=rf"Exercise ({labels}): FAIL"):
+            exec_check(trial, source)
+        out = exec_check(namespace, source)
+        assert all(f"Exercise {e}: PASS" in out for e in exercises), out
+    seen = run_until_last_check(SOLUTIONS / rel_path, monkeypatch, on_check)
+    number = rel.notebook_number(rel_path.name)
+    if number is not None and number >= 1:  # 00 is the welcome; every later notebook has 5 or more
+        assert len(set(seen)) >= 5, f"{rel_path}: only {len(set(seen))} checked exercises, the course asks for 5"
+
+
+@by_name
+def test_every_stub_falls_back_to_the_reference(rel_path, monkeypatch):
+    def on_check(namespace, source, exercises, functions):
+        out = exec_check(namespace, source)
+        for e in exercises:
+            assert f"Exercise {e}: not done yet -> using the reference implementation\n" in out, out
+    run_until_last_check(COURSE / rel_path, monkeypatch, on_check)
+
+
+def test_a_wrongly_filled_course_exercise_fails(monkeypatch):
+    """The example by hand: Exercise 1.1 with the bias subtracted instead of added."""
+    path = COURSE / "01_backprop_numpy.ipynb"
+    cells = code_cells(path)
+    index = next(i for i, source in enumerate(cells) if source.startswith("# Exercise 1.1:"))
+    stub_line = rel.stub(rel.exercise_of(cells[index]), "    ")
+    assert stub_line in cells[index]
+    filled = cells[index].replace(stub_line, '    return x @ params["weight"].T - params["bias"], (x, params)')
+    namespace = {"__name__": "__notebook__"}
+    monkeypatch.chdir(path.parent)
+    for source in cells[:index]:
+        exec(source, namespace)
+    exec(filled, namespace)
+    with pytest.raises(AssertionError, match=r"Exercise 1\.1: FAIL on case 0: relative error"):
+        exec_check(namespace, cells[index + 1])
