@@ -201,6 +201,8 @@ def main(argv=None):
     parser.add_argument("--no-execute", action="store_true", help="only regenerate course/ sources")
     parser.add_argument("--timeout", type=int, default=120, help="seconds allowed per cell (default 120)")
     args = parser.parse_args(argv)
+    if args.timeout < 1:
+        parser.error(f"--timeout must be at least 1 second, got {args.timeout}")
     # One BLAS/torch thread: the machines this runs on are shared, and it keeps outputs reproducible.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:

@@ -140,6 +140,14 @@ def test_unknown_names_are_refused_with_the_list(tmp_path, names, message):
         rel.release(names, root=tmp_path, run=False)
 
 
+def test_command_line_reports_errors_and_writes_nothing(capsys):
+    assert rel.main(["--no-execute", "99_no_such_notebook"]) == 1
+    assert "'99_no_such_notebook' matches no notebook" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rel.main(["--timeout", "0"])
+    assert "--timeout must be at least 1 second, got 0" in capsys.readouterr().err
+
+
 def test_release_executes_both_copies_with_outputs(tmp_path):
     (tmp_path / "solutions").mkdir()
     check = ("try:\n    print(f(1))\nexcept NotImplementedError as e:\n    print('stub:', e)")
