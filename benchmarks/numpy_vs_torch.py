@@ -1,8 +1,9 @@
 """One training step of the same float32 MLP: NumPy (``local_grads`` + ``Adam.step``) vs torch.
 
 Same weights (NumPy's ``init_mlp`` loaded into ``models.mlp``), same batch, Adam in both, CPU,
-one thread. Rounds alternate the two backends; the table shows per-step medians and the median
-of the per-round ratios. Target: NumPy / torch <= 2.
+one thread. Rounds alternate the two backends and are timed in process CPU time (steadier than
+wall time on a shared machine); the table shows per-step medians and the median of the per-round
+ratios. Target: NumPy / torch <= 2.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/numpy_vs_torch.py
 """
@@ -18,10 +19,10 @@ from minilocal import numpy_core as npc
 
 
 def per_step(step, repeats):
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(repeats):
         step()
-    return (time.perf_counter() - start) / repeats
+    return (time.process_time() - start) / repeats
 
 
 def pair(plan, width, x, y):

@@ -3,8 +3,9 @@
 Same MLP, same weights, same batch, same optimizer. Greedy by hand: every block's input is
 ``.detach()``-ed, each stage has its own head, loss and Adam. Backprop by hand: one
 ``nn.Sequential`` and one loss. Each round times REPEATS steps of LocalNet then of the hand loop
-(interleaved, so drift in machine load hits both); the table shows per-step medians and the median
-of the per-round ratios. Target: LocalNet / hand <= 1.05.
+(interleaved, so drift in machine load hits both) in process CPU time, which a busy shared machine
+disturbs far less than wall time; the table shows per-step medians and the median of the
+per-round ratios. Target: LocalNet / hand <= 1.05.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/torch_step_overhead.py
 """
@@ -59,10 +60,10 @@ def hand_backprop(blocks, head):
 
 
 def per_step(step, x, y, repeats):
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(repeats):
         step(x, y)
-    return (time.perf_counter() - start) / repeats
+    return (time.process_time() - start) / repeats
 
 
 def compare(name, ours, hand, x, y, rounds, repeats):

@@ -282,25 +282,20 @@ class LocalNet(nn.Module):
             stage.optimizer.load_state_dict(stage.optimizer.state_dict())
         return self
 
-    def local_backward(self, x, y):
-        """Accumulate every stage's local gradients for batch (x, y); returns K loss floats.
-
-        Like ``loss.backward()`` it adds to existing .grad (call ``zero_grad`` or ``step`` between
-        batches). Synchronous: every stage sees this batch's activations from current weights.
-        """
+    def _run(self, x, y, update):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"LocalNet: x has {x.shape[0]} examples but y has {y.shape[0]}; "
                              f"they must match (x: {tuple(x.shape)}, y: {tuple(y.shape)})")
         results, h = [], x
         for s, stage in enumerate(self.stages):
-            res = stage_step(stage, h, y, update=False)
+            res = stage_step(stage, h, y, update=update and not stage.keep_graph)
             grad, remaining, t = res.grad_in, stage.reach, s - 1
             while remaining > 0:  # deliver the overlap message now, hop by hop
                 grad = receive_grad(self.stages[t], grad, remaining)
                 remaining -= len(self.stages[t].blocks)
                 t -= 1
-            for t in self._free_after[s]:  # free graphs no later loss needs, as early as possible
-                self.stages[t].release()
+            for t in self._free_after[s]:  # no later loss needs stage t's graph any more
+                self.stages[t].update() if update else self.stages[t].release()
             results.append(res)
             h = res.x_out
         losses = [float(r.loss) for r in results]
@@ -308,16 +303,27 @@ class LocalNet(nn.Module):
             _check_finite(stage, loss)
         return losses
 
+    def local_backward(self, x, y):
+        """Accumulate every stage's local gradients for batch (x, y); returns K loss floats.
+
+        Like ``loss.backward()`` it adds to existing .grad (call ``zero_grad`` or ``step`` between
+        batches). Synchronous: every stage sees this batch's activations from current weights.
+        """
+        return self._run(x, y, update=False)
+
     def step(self):
         """Every stage's optimizer step; clears grads and kept graphs."""
         for stage in self.stages:
             stage.update()
 
     def train_step(self, x, y):
-        """local_backward then step: one synchronous training step. Returns K losses."""
-        losses = self.local_backward(x, y)
-        self.step()
-        return losses
+        """One synchronous training step, equal to local_backward then step. Returns K losses.
+
+        Each stage updates as soon as no later loss needs its graph, while its gradients are
+        still in cache (as a pipeline would); a non-finite loss stops the step before its
+        stage's update.
+        """
+        return self._run(x, y, update=True)
 
     def _through(self, x, every_head):
         outs, h = [], x
