@@ -53,8 +53,9 @@ def _tensors(data):
         raise KeyError(f"fit: data must be a dict with keys x, y, x_test, y_test; missing {missing}")
     out = [torch.as_tensor(data[k]) for k in ("x", "y", "x_test", "y_test")]
     for (a, b), name in zip([(out[0], out[1]), (out[2], out[3])], ("", "_test")):
-        if len(a) != len(b):
-            raise ValueError(f"fit: x{name} has {len(a)} examples but y{name} has {len(b)}")
+        if len(a) != len(b) or not len(a):
+            raise ValueError(f"fit: x{name} has {len(a)} examples and y{name} has {len(b)}; they "
+                             f"must be the same number, at least 1")
     return out
 
 

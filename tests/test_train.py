@@ -238,7 +238,10 @@ def test_bad_arguments_are_named(toy_data, kwargs, error, match):
 def test_bad_data_is_named(toy_data):
     with pytest.raises(KeyError, match=r"missing \['x_test', 'y_test'\]"):
         fit(net_for(Plan.greedy(2)), {"x": toy_data["x"], "y": toy_data["y"]}, steps=1)
-    with pytest.raises(ValueError, match="x has 240 examples but y has 239"):
+    with pytest.raises(ValueError, match="x has 240 examples and y has 239; they must be the same"):
         fit(net_for(Plan.greedy(2)), {**toy_data, "y": toy_data["y"][1:]}, steps=1)
+    with pytest.raises(ValueError, match="x_test has 0 examples and y_test has 0"):
+        fit(net_for(Plan.greedy(2)), {**toy_data, "x_test": toy_data["x_test"][:0],
+                                      "y_test": toy_data["y_test"][:0]}, steps=1)
     with pytest.raises(TypeError, match="net must be a minilocal.LocalNet, got Linear"):
         fit(nn.Linear(40, 3), toy_data, steps=1)
