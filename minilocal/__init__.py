@@ -6,11 +6,11 @@ NumPy lessons start fast.
 """
 from .plan import Plan
 
-__all__ = ["Plan", "LocalNet", "stage_step", "device"]
+__all__ = ["Plan", "LocalNet", "stage_step", "device", "fit"]
 __version__ = "0.1.0"
 
 _LAZY = {"LocalNet": "local", "Stage": "local", "stage_step": "local", "StepResult": "local",
-         "device": "devices"}
+         "device": "devices", "fit": "train"}
 
 
 def __getattr__(name):

@@ -28,7 +28,7 @@ def _noun_phrase(rng):
     if rng.random() < 0.5:
         words.append(str(rng.choice(ADJECTIVES)))
     noun = str(rng.choice(NOUNS))
-    words.append(noun + "s" if plural else noun)
+    words.append(noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s") if plural else noun)
     return " ".join(words), plural
 
 

@@ -113,7 +113,7 @@ def _load(path, net, batch_size, seed):
 
 def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, eval_every=100,
         seed=0, progress=True, checkpoint=None, checkpoint_every=None, resume=False, device=None,
-        eval_batch_size=1024):
+        eval_batch_size=1024, callback=None):
     """Train ``net`` (a LocalNet, in place) on ``data``; returns the history dict.
 
     Give ``steps`` or ``epochs`` (one pass = N // batch_size steps; a partial batch is dropped).
@@ -123,6 +123,8 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     returns its history). ``device``: None keeps the net where it is, 'auto' picks
     ``minilocal.device()``, anything else is passed to ``net.to_devices``. ``seed`` fixes the batch
     order and seeds torch's global generator (dropout and other randomness inside the model).
+    ``callback(step, losses)`` is called after every step with the K stage losses (e.g. a
+    ``minilocal.dashboard.Dashboard``'s ``log``).
     """
     if not isinstance(net, LocalNet):
         raise TypeError(f"fit: net must be a minilocal.LocalNet, got {type(net).__name__}")
@@ -189,6 +191,8 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
         if schedule is not None:
             _set_lr(net, schedule(step - 1), step - 1)
         running.append(net.train_step(x[idx], y[idx]))
+        if callback is not None:
+            callback(step, running[-1])
         bar.update(1)
         if step % 10 == 0:  # the output head's loss, averaged since the last evaluation
             shown["loss"] = f"{sum(r[-1] for r in running) / len(running):.3f}"

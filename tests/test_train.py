@@ -63,6 +63,15 @@ def test_train_loss_is_the_mean_of_the_step_losses(toy_data):
     assert h["train_loss"] == [list(np.mean(seen[:3], axis=0)), list(np.mean(seen[3:], axis=0))]
 
 
+def test_callback_sees_every_step_and_its_stage_losses(toy_data):
+    net, seen, logged = net_for(Plan.greedy(2)), [], []
+    original = net.train_step
+    net.train_step = lambda x, y: seen.append(original(x, y)) or seen[-1]
+    fit(net, toy_data, steps=5, batch_size=32, eval_every=5, progress=False,
+        callback=lambda step, losses: logged.append((step, losses)))
+    assert logged == list(zip(range(1, 6), seen))
+
+
 def test_an_epoch_shows_every_example_once(toy_data):
     class Record(nn.Module):
         def __init__(self):
