@@ -198,7 +198,7 @@ def test_course_is_in_sync_with_solutions(rel_path):
     for i, (got, want) in enumerate(zip(course.cells, expected.cells)):
         assert (got.cell_type, got.get("id"), got.source) == (want.cell_type, want.get("id"), want.source), \
             f"{hint} (cell {i})"
-        assert got.metadata.get("tags", []) == want.metadata.get("tags", []), f"{hint} (cell {i} tags)"
+        assert got.metadata == want.metadata, f"{hint} (cell {i} metadata)"
 
 
 @pytest.mark.parametrize("folder", ["solutions", "course"])
