@@ -4,8 +4,8 @@ Every rank rebuilds the Job's model from its recipe (same seed, so the same init
 keeps its own stage and runs the shared stage program (``program.py``), answering its requests
 with point-to-point messages:
 
-* forward: stage s sends its detached output of step t to stage s+1; labels are not sent, every
-  rank regenerates batch t from the Job's batch source. Greedy and chunked plans send nothing else.
+* forward: stage s sends its detached output of step t and the batch's labels to stage s+1
+  (only stage 0 reads the batch source). Greedy and chunked plans send nothing else.
 * backward (overlapping plans only): stage s sends ``grad_in`` of step t to stage s-1, which
   applies it with ``receive_grad`` at its update t + ``Job.delay``. With delay 0 (synchronous)
   the run equals the sequential runner bitwise; with delay d it equals ``simulate`` with the
@@ -84,13 +84,15 @@ def placement(backend, world):
 class Links:
     """One stage's messages: receives posted ahead, a window of sends in flight, timelines."""
 
-    def __init__(self, rank, job, shapes, opts, device, staging, t0, timeline):
+    def __init__(self, rank, job, specs, opts, device, staging, t0, timeline):
         self.rank, self.opts, self.device, self.staging = rank, opts, device, staging
         self.t0, self.timeline = t0, timeline
         n = job.n_steps
         self.peer = {"act": (rank - 1, rank + 1), "grad": (rank + 1, rank - 1)}  # (from, to)
         self.expect = {"act": n if rank > 0 else 0, "grad": n if job.receivers()[rank] else 0}
-        self.shape = {"act": shapes[rank - 1] if rank > 0 else None, "grad": shapes[rank]}
+        outputs, labels = specs  # (shape, dtype) of every stage's output, and of the labels
+        self.parts = {"act": [outputs[rank - 1], labels] if rank > 0 else [],
+                      "grad": [outputs[rank]]}  # the tensors one message is made of
         self.ahead = {"act": opts.window, "grad": job.delay + 1}
         self.posted = {c: deque() for c in self.peer}
         self.n_posted = {c: 0 for c in self.peer}
@@ -101,16 +103,18 @@ class Links:
             self._post(c)
 
     def _post(self, c):
+        where = "cpu" if self.staging else self.device
         while len(self.posted[c]) < self.ahead[c] and self.n_posted[c] < self.expect[c]:
-            shape, dtype = self.shape[c]
-            buf = torch.empty(shape, dtype=dtype, device="cpu" if self.staging else self.device)
-            self.posted[c].append((dist.irecv(buf, self.peer[c][0]), buf, self.n_posted[c]))
+            bufs = [torch.empty(shape, dtype=dtype, device=where) for shape, dtype in self.parts[c]]
+            works = [dist.irecv(buf, self.peer[c][0]) for buf in bufs]
+            self.posted[c].append((works, bufs, self.n_posted[c]))
             self.n_posted[c] += 1
 
-    def _wait(self, work, what, peer, kind, step):
+    def _wait(self, works, what, peer, kind, step):
         t_start = time.perf_counter()
         try:
-            work.wait(timedelta(seconds=self.opts.timeout))
+            for work in works:
+                work.wait(timedelta(seconds=self.opts.timeout))
         except RuntimeError as e:
             if "timed out" in str(e).lower():
                 raise TimeoutError(f"stage {self.rank} timed out after {self.opts.timeout:g} s "
@@ -123,32 +127,36 @@ class Links:
         self.timeline.append(Event(self.rank, kind, t_start - self.t0, t_end - self.t0, step))
 
     def recv(self, c, step):
-        work, buf, posted_step = self.posted[c].popleft()
+        """The message of ``step`` on channel c: (activation, labels) for "act", else a tensor."""
+        works, bufs, posted_step = self.posted[c].popleft()
         assert posted_step == step, f"stage {self.rank}: {c} messages out of order"
         what = "receive the activation of" if c == "act" else "receive the backward message of"
-        self._wait(work, what, self.peer[c][0], "recv", step)
+        self._wait(works, what, self.peer[c][0], "recv", step)
         self._post(c)
-        return buf.to(self.device) if self.staging else buf
+        bufs = [b.to(self.device) for b in bufs] if self.staging else bufs
+        return tuple(bufs) if c == "act" else bufs[0]
 
-    def send(self, c, tensor, step):
-        tensor = tensor.detach().contiguous()
-        tensor = tensor.cpu() if self.staging else tensor
-        self.sending.append((dist.isend(tensor, self.peer[c][1]), tensor, step, c))
+    def send(self, c, value, step):
+        tensors = [t.detach().contiguous() for t in (value if c == "act" else [value])]
+        tensors = [t.cpu() for t in tensors] if self.staging else tensors
+        works = [dist.isend(t, self.peer[c][1]) for t in tensors]
+        self.sending.append((works, tensors, step, c))
         self.stats[f"sent_{c}"] += 1
         while len(self.sending) > self.opts.window:
             self._finish_send()
 
     def _finish_send(self):
-        work, _, step, c = self.sending.popleft()  # the tensor stays alive until here
-        self._wait(work, f"send the {c} message of", self.peer[c][1], "send", step)
+        works, _, step, c = self.sending.popleft()  # the tensors stay alive until here
+        self._wait(works, f"send the {c} message of", self.peer[c][1], "send", step)
 
     def close(self):
         while self.sending:
             self._finish_send()
 
 
-def message_shapes(net, x):
-    """(shape, dtype) of every stage's output for input x, from a no-grad pass in eval mode."""
+def message_specs(net, x, y):
+    """(shape, dtype) of every stage's output for batch (x, y), from a no-grad pass in eval mode,
+    and of the labels y."""
     shapes, was_training = [], net.training
     net.eval()  # no BatchNorm statistics change: the dry run must not touch the weights' state
     with torch.no_grad():
@@ -158,7 +166,7 @@ def message_shapes(net, x):
                 x = block(x)
             shapes.append((tuple(x.shape), x.dtype))
     net.train(was_training)
-    return shapes
+    return shapes, (tuple(y.shape), y.dtype)
 
 
 def drive(program, links, timer, rank, t0, timeline):
@@ -173,7 +181,7 @@ def drive(program, links, timer, rank, t0, timeline):
             value, spans = timer.run(request.kind, request.fn)
             timeline.extend(Event(rank, k, a - t0, b - t0, request.step) for k, a, b in spans)
         elif isinstance(request, Send):
-            links.send(request.channel, request.tensor, request.step)
+            links.send(request.channel, request.value, request.step)
             value = None
         else:
             value = links.recv(request.channel, request.step)
@@ -187,11 +195,11 @@ def run_job(rank, world, job, opts, device, staging):
                          f"(torchrun --nproc-per-node={job.plan.n_stages})")
     net = job.build([device if s == rank else "cpu" for s in range(world)])
     stage = net.stages[rank]
-    shapes = message_shapes(net, job.batches(0)[0])
+    specs = message_specs(net, *job.batches(0))
     timer, timeline = StepTimer(stage), []
     dist.barrier()
     t0 = time.perf_counter()
-    links = Links(rank, job, shapes, opts, device, staging, t0, timeline)
+    links = Links(rank, job, specs, opts, device, staging, t0, timeline)
     losses = drive(stage_program(stage, job), links, timer, rank, t0, timeline)
     links.close()
     wall = time.perf_counter() - t0

@@ -33,7 +33,7 @@ class ModelSpec:
 class RandomBatches:
     """Synthetic batches: x (B, d_in) ~ N(0, 1), y (B,) = argmax of a fixed random linear map.
 
-    Batch t depends only on (seed, t), so every rank regenerates the same batch and labels.
+    Batch t depends only on (seed, t): any process, any runner, regenerates the same batch.
     """
     batch_size: int = 64
     d_in: int = 40
@@ -96,6 +96,7 @@ class Job:
     update t applies the message of step t - d through the graph of step t: the message was
     computed on batch t - d, so row i meets example i of batch t (a stale, mismatched gradient;
     exact alternatives stash weights or recompute the forward). Forward-only plans ignore it.
+    Runners agree bitwise only for deterministic blocks: dropout draws differ between processes.
     """
     model: ModelSpec
     plan: Plan

@@ -5,8 +5,10 @@
 
     Compute(kind, fn, step)  run fn now (kind: "step" = forward + local backward, "backward" =
                              apply a backward message, "update" = optimizer step); returns fn()
-    Send(channel, tensor, step)   channel "act" goes to stage s+1, "grad" to stage s-1
-    Recv(channel, step)      blocking, in order; returns the tensor ("act" from s-1, "grad" from s+1)
+    Send(channel, value, step)    "act": (activation, labels) to stage s+1; "grad": a tensor to s-1
+    Recv(channel, step)      blocking, in order; returns the value ("act" from s-1, "grad" from s+1)
+
+Only stage 0 reads the batch source; labels travel with the activations, as from a data loader.
 
 The simulator answers in simulated time, the distributed worker with torch.distributed. Because
 both run this one program, their numerics can differ only through the order the Job fixes.
@@ -30,7 +32,7 @@ class Compute:
 @dataclass
 class Send:
     channel: str
-    tensor: torch.Tensor
+    value: object
     step: int
 
 
@@ -46,12 +48,10 @@ def stage_program(stage, job):
     reach_next = job.receivers()[s]
     losses = []
     for t in range(job.n_steps):
-        x, y = job.batches(t)
-        if s > 0:
-            x = yield Recv("act", t)
+        x, y = job.batches(t) if s == 0 else (yield Recv("act", t))
         res = yield Compute("step", partial(stage_step, stage, x, y, update=False), t)
         if s < K - 1:
-            yield Send("act", res.x_out, t)
+            yield Send("act", (res.x_out, y), t)
         if res.grad_in is not None:
             yield Send("grad", res.grad_in, t)
         if reach_next and t >= job.delay:

@@ -135,7 +135,7 @@ class _Simulation:
                     self.waiting[s] = "send"
                     return
                 self._begin(s, T)
-                box.append((T + self.latency, r.tensor))
+                box.append((T + self.latency, r.value))
                 if self.waiting[dst] == r.channel:
                     self._wake(dst, T + self.latency)
             else:
