@@ -132,6 +132,15 @@ def test_release_without_execution_writes_course_and_copies_assets(tmp_path):
     assert "01_a.ipynb" in rel.format_table(rows)
 
 
+def test_subfolders_keep_their_place_and_labs_need_no_number(tmp_path):
+    (tmp_path / "solutions" / "labs").mkdir(parents=True)
+    lab = notebook(EXERCISE_CELL.replace("1.1", "3.1"))
+    nbformat.write(lab, tmp_path / "solutions" / "labs" / "lab1_scaling.ipynb")
+    assert rel.release(["lab1"], root=tmp_path, run=False) == [("labs/lab1_scaling.ipynb", None, None)]
+    course = nbformat.read(tmp_path / "course" / "labs" / "lab1_scaling.ipynb", as_version=4)
+    assert course.cells[1].source.endswith('raise NotImplementedError("Exercise 3.1: return x plus one")')
+
+
 @pytest.mark.parametrize("names, message", [(["07"], "matches no notebook"), (["0"], "matches no notebook")])
 def test_unknown_names_are_refused_with_the_list(tmp_path, names, message):
     (tmp_path / "solutions").mkdir()
