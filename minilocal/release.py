@@ -164,11 +164,12 @@ def release(names=(), root=ROOT, run=True, timeout=120):
     solutions, course_dir = Path(root) / "solutions", Path(root) / "course"
     paths = find_notebooks(names, solutions)
     copy_assets(solutions, course_dir)
+    # Every notebook is checked before any is executed, so a malformed one fails in seconds.
+    books = [(path, nb, make_course(nb, path.name))
+             for path in paths for nb in [nbformat.read(path, as_version=4)]]
     rows = []
-    for path in paths:
+    for path, nb, course in books:
         rel = path.relative_to(solutions)
-        nb = nbformat.read(path, as_version=4)
-        course = make_course(nb, path.name)
         target = course_dir / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         times = [None, None]
