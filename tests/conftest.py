@@ -1,11 +1,6 @@
-"""Shared test set-up: one BLAS/OpenMP thread, the ``gpu`` marker, small data fixtures."""
-import os
-
-# Set before torch is first imported: the suite runs beside other work on a small machine.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+"""Unit-test set-up: the ``gpu`` marker and small data fixtures (threads: ../conftest.py)."""
+import numpy as np
+import pytest
 
 
 def pytest_collection_modifyitems(config, items):
