@@ -8,6 +8,7 @@ launcher stops the others (SIGTERM, then SIGKILL) and raises WorkerError naming 
 KeyboardInterrupt it does the same and re-raises. Workers ignore SIGINT (the launcher decides)
 and die with their parent on Linux (PR_SET_PDEATHSIG), so even a killed launcher leaves none.
 """
+import atexit
 import os
 import queue
 import signal
@@ -56,9 +57,11 @@ def _entry(rank, nprocs, port, parent, fn, args, results):
         results.put(("ok", rank, fn(rank, nprocs, *args)))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the launcher
         results.put(("error", rank, f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"))
-    # The work is done and reported: skip the interpreter's slow teardown of torch.
+    # The work is done and reported: flush the report, run the exit handlers (multiprocessing
+    # releases its semaphores there), then skip the interpreter's slow teardown of torch.
     results.close()
     results.join_thread()
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
