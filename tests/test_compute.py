@@ -17,7 +17,7 @@ from minilocal.compute.pareto import (best_runs, frontier, lower_envelope, plot_
                                       plot_scaling, steps_to_target)
 from minilocal.compute.similarity import (cosine, gradient_similarity, plan_gradients,
                                           plot_similarity, similarity_over_training)
-from minilocal.compute.sweep import (config_key, eval_schedule, make_plan, run_one, sample_batches,
+from minilocal.compute.sweep import (config_key, output_loss, eval_schedule, make_plan, run_one, sample_batches,
                                      sweep, sweep_configs)
 
 matplotlib.use("Agg")
@@ -303,3 +303,16 @@ def test_similarity_over_training_does_not_disturb_training():
     assert history["step"] == [0, 3, 6]
     assert [c[2] for c in history["cosine"]] == pytest.approx([1.0] * 3, abs=1e-12)
     assert len(plot_similarity(history).axes[0].lines) == 3 + 1
+
+
+def test_output_loss_evaluates_in_eval_mode_and_restores_the_mode():
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU())]
+    net = LocalNet(blocks, [nn.Linear(4, 2)], Plan.backprop(1))
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    before = blocks[0][1].running_mean.clone()
+    loss = output_loss(net, x, y)
+    assert torch.equal(blocks[0][1].running_mean, before) and net.training
+    net.eval()
+    with torch.no_grad():
+        assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(net(x), y)))

@@ -107,9 +107,15 @@ def build_net(config, plan, d_in):
 
 
 def output_loss(net, x, y):
-    """Mean cross-entropy of the output head on (x, y), without gradients."""
-    with torch.no_grad():
-        return float(F.cross_entropy(net(x), y))
+    """Mean cross-entropy of the output head on (x, y), without gradients, in eval mode (so
+    BatchNorm uses its running statistics and leaves them alone); restores the previous mode."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return float(F.cross_entropy(net(x), y))
+    finally:
+        net.train(was_training)
 
 
 def run_one(config):
@@ -138,6 +144,7 @@ def run_one(config):
             if losses[-1] <= config["stop_loss"]:
                 reached = step
                 break
+    net.eval()
     with torch.no_grad():
         test_acc = float((net.predict(x_test) == y_test).float().mean())
     return dict(config=config, steps=steps, loss=losses, stage_flops=work, n_stages=plan.n_stages,
