@@ -10,7 +10,8 @@ with point-to-point messages:
   applies it with ``receive_grad`` at its update t + ``Job.delay``. With delay 0 (synchronous)
   the run equals the sequential runner bitwise; with delay d it equals ``simulate`` with the
   same delay bitwise, whatever the timing, because the Job alone fixes which message meets which
-  update.
+  update. (Bitwise also needs equal torch thread counts: a matmul's sum order depends on them;
+  compare with ``threads=1`` here and ``torch.set_num_threads(1)`` in the reference.)
 
 Receives are posted ahead (``window`` activations, delay + 1 gradients), sends stay in flight up
 to ``window`` deep, every request is waited on, and a receive that does not arrive within
