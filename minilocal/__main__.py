@@ -31,8 +31,9 @@ EPILOG = """launchers:
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m minilocal", description=__doc__.split("\n")[0],
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m minilocal", epilog=EPILOG,
+                                     description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("train", help="train with local updates (one process per stage)",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

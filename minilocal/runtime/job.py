@@ -114,10 +114,10 @@ class Job:
                 raise ValueError(f"Job: {name} must be an int >= {low}, got {value!r}")
         for s in range(1, self.plan.n_stages):
             if self.plan.reach(s) > len(self.plan.stages[s - 1]):
-                raise ValueError(f"Job: loss {s} reaches {self.plan.reach(s)} blocks back but stage "
-                                 f"{s - 1} has only {len(self.plan.stages[s - 1])}; the runtime sends "
-                                 f"backward messages one hop only, so use overlap <= the stage size "
-                                 f"(e.g. Plan.overlapping(n, overlap=1))")
+                raise ValueError(f"Job: loss {s} reaches {self.plan.reach(s)} blocks back but "
+                                 f"stage {s - 1} has only {len(self.plan.stages[s - 1])}; the "
+                                 f"runtime sends backward messages one hop only, so use overlap "
+                                 f"<= the stage size (e.g. Plan.overlapping(n, overlap=1))")
         if not isinstance(self.model, ModelSpec):
             raise TypeError(f"Job: model must be a ModelSpec(fn, kwargs, seed), got {self.model!r}")
         for name in ("batches", "optimizer"):

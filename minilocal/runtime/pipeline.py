@@ -84,7 +84,8 @@ def _run_schedule(rank, world, job, name, n_microbatches, device):
         x, y = (v.to(device) for v in job.batches(t))
         losses.append(_step(schedule, rank, world, x, y))
         if t == 0:
-            grads = {f"{rank}.{k}": p.grad.cpu().numpy().copy() for k, p in module.named_parameters()}
+            grads = {f"{rank}.{k}": p.grad.cpu().numpy().copy()
+                     for k, p in module.named_parameters()}
         u0 = time.perf_counter()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -105,7 +106,8 @@ def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
                             rank=rank, world_size=world)
     with warnings.catch_warnings():  # stage 0's inputs need no grad: its backward hook still fires
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        parts = [_run_schedule(rank, world, job, name, n_microbatches, device) for name in schedules]
+        parts = [_run_schedule(rank, world, job, name, n_microbatches, device)
+                 for name in schedules]
     dist.barrier()
     dist.destroy_process_group()
     return parts
@@ -163,7 +165,8 @@ def schedule_timeline(forward, backward, n_microbatches, schedule="gpipe", n_ste
     each stage runs its schedule's order; steps are separated by a flush and the update.
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule_timeline: schedule must be one of {SCHEDULES}, got {schedule!r}")
+        raise ValueError(f"schedule_timeline: schedule must be one of {SCHEDULES}, "
+                         f"got {schedule!r}")
     K, M = len(forward), n_microbatches
     update = update or [0.0] * K
     if len(backward) != K or len(update) != K:
@@ -182,7 +185,8 @@ def schedule_timeline(forward, backward, n_microbatches, schedule="gpipe", n_ste
                     if dep is not None and dep not in done:
                         break
                     begin = max(free[s], done[dep] if dep else start)
-                    free[s] = done[kind, s, m] = begin + (forward if kind == "forward" else backward)[s]
+                    cost = (forward if kind == "forward" else backward)[s]
+                    free[s] = done[kind, s, m] = begin + cost
                     events.append(Event(s, kind, begin, free[s], t))
                     pos[s] += 1
         flush = max(free)

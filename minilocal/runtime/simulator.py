@@ -5,8 +5,8 @@ are the weights that schedule would produce, but time is simulated: every comput
 its cost from a table (given, or measured once with ``measure_costs``), messages arrive
 ``latency`` seconds after they are sent, and the activation queue between two stages holds at
 most ``capacity`` messages (a full queue blocks the sender). Jitter multiplies each cost by a
-seeded log-normal factor. Events are processed in simulated-time order, ties by arrival order,
-so a run is a pure function of its arguments.
+seeded log-normal factor. Events are processed in simulated-time order, ties in the order
+they were scheduled, so a run is a pure function of its arguments.
 
 Staleness: when stage s starts step t it trains on the activation of batch t, produced by stage
 s-1's weights after t updates; meanwhile stage s-1 has made ``stats[s]["staleness"][t]`` more
@@ -22,7 +22,7 @@ from statistics import median
 import numpy as np
 
 from .job import RunResult, stage_params
-from .program import Compute, Recv, Send, stage_program
+from .program import Compute, Send, stage_program
 from .sequential import run_sequential
 from .timeline import Event
 
