@@ -37,8 +37,8 @@ def make_job(K, batch, n_steps):
 def bench_worker(rank, world, jobs, repeats, threads):
     """Per Job: `repeats` rounds of (K processes, then rank 0 alone with K and with 1 threads)."""
     torch.set_num_threads(threads)
-    opts = Options(timeout=120.0, threads=threads)
-    backend, device, staging = placement("gloo", world)
+    opts = Options("gloo", timeout=120.0, threads=threads, device="cpu")
+    backend, device, staging = placement(opts, world)
     dist.init_process_group(backend, timeout=timedelta(seconds=STARTUP_S))
     rows = []
     for job in jobs:

@@ -54,6 +54,8 @@ def _parser():
                    help="training data (default: mnist1d, generated offline)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and batches")
     p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu"], default="auto",
+                   help="auto: GPUs when present; cpu: every stage on the CPU")
     p.add_argument("--window", type=int, default=2, help="messages in flight per link")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds a message may take")
     p.add_argument("--out", help="write history, timeline and stats to this JSON file")
@@ -107,12 +109,13 @@ def train(args, job):
         return _report(args, job, simulate(job, "measure"))
     if _under_torchrun():
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        parts = worker(rank, world, [job], Options(args.backend, args.window, args.timeout),
-                       gather=True)
+        opts = Options(args.backend, args.window, args.timeout, device=args.device)
+        parts = worker(rank, world, [job], opts, gather=True)
         if rank == 0:
             _report(args, job, merge([p[0] for p in parts], job))
         return None
-    return _report(args, job, run_distributed(job, args.backend, args.window, args.timeout))
+    return _report(args, job, run_distributed(job, args.backend, args.window, args.timeout,
+                                              device=args.device))
 
 
 def main(argv=None):

@@ -200,6 +200,8 @@ def test_bad_inputs_name_the_argument():
         run_distributed([job, make_job(Plan.greedy(3))])
     with pytest.raises(ValueError, match="window"):
         Options(window=0)
+    with pytest.raises(ValueError, match="device must be 'auto' or 'cpu'"):
+        Options("nccl", device="cpu")
     with pytest.raises(ValueError, match="n_microbatches"):
         run_pipeline(job, n_microbatches=3)
     with pytest.raises(ValueError, match="batch_size"):

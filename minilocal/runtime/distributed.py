@@ -45,16 +45,22 @@ STARTUP_S = 120  # process-group timeout: a loaded machine may take long to star
 
 @dataclass(frozen=True)
 class Options:
-    """How the workers run (not what they compute): backend, send window, timeout, threads."""
+    """How the workers run (not what they compute): backend, send window, timeout, threads,
+    and ``device``: "auto" (GPUs when present) or "cpu" (gloo on CPU even beside GPUs)."""
     backend: str = "auto"
     window: int = 2
     timeout: float = 60.0
     threads: int = None
+    device: str = "auto"
 
     def __post_init__(self):
         if self.backend not in ("auto", "gloo", "nccl"):
             raise ValueError(f"run_distributed: backend must be 'auto', 'gloo' or 'nccl', "
                              f"got {self.backend!r}")
+        if self.device not in ("auto", "cpu") or (self.device, self.backend) == ("cpu", "nccl"):
+            raise ValueError(f"run_distributed: device must be 'auto' or 'cpu' (and 'cpu' needs "
+                             f"backend 'gloo' or 'auto'), got device={self.device!r} with "
+                             f"backend={self.backend!r}")
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"run_distributed: window must be an int >= 1, got {self.window!r}")
         if not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
@@ -64,11 +70,12 @@ class Options:
                              f"got {self.threads!r}")
 
 
-def placement(backend, world):
+def placement(opts, world):
     """(backend, device, staging) for this process from LOCAL_RANK and the GPUs on its node."""
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    n_gpu = torch.cuda.device_count()
+    n_gpu = torch.cuda.device_count() if opts.device == "auto" else 0
+    backend = opts.backend
     if backend == "auto":
         backend = "nccl" if n_gpu >= per_node else "gloo"
     if backend == "nccl":
@@ -212,7 +219,7 @@ def worker(rank, world, jobs, opts, gather=False):
     """A stage's process: join the group, run every Job, optionally gather all ranks' results on
     rank 0 (torchrun), barrier, leave. The rendezvous comes from the environment."""
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
-    backend, device, staging = placement(opts.backend, world)
+    backend, device, staging = placement(opts, world)
     dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
                             rank=rank, world_size=world,
                             device_id=device if backend == "nccl" else None)
@@ -239,12 +246,13 @@ def merge(parts, job):
                      max(p["wall"] for p in parts))
 
 
-def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None):
+def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, device="auto"):
     """Run a Job (or a list of Jobs with the same number of stages, one after another in one
     process group) with one process per stage; returns a RunResult (or a list).
 
     threads: torch threads per process (default: cores // K). timeout: seconds any message may
-    take. Raises WorkerError (naming the stage) if a worker fails, dies or times out.
+    take. device "cpu" keeps every stage on the CPU where GPUs exist (e.g. to compare bitwise
+    with a CPU run). Raises WorkerError (naming the stage) if a worker fails, dies or times out.
     """
     single = isinstance(jobs, Job)
     jobs = [jobs] if single else list(jobs)
@@ -255,7 +263,7 @@ def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None):
     if any(j.plan.n_stages != world for j in jobs):
         raise ValueError(f"run_distributed: all jobs must have the same number of stages, got "
                          f"{[j.plan.n_stages for j in jobs]}")
-    opts = Options(backend, window, timeout, threads)
+    opts = Options(backend, window, timeout, threads, device)
     for job in jobs:
         job.check_portable("run_distributed")
     parts = launch(worker, (jobs, opts), world)

@@ -99,7 +99,7 @@ def _run_schedule(rank, world, job, name, n_microbatches, device):
 def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
     """A pipeline stage's process: one run per schedule name, each from the same initial weights."""
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
-    backend, device, _ = placement(opts.backend, world)
+    backend, device, _ = placement(opts, world)
     if backend != "nccl":
         device = torch.device("cpu")  # pipelining sends the stage's own tensors: keep them on CPU
     dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
@@ -114,7 +114,7 @@ def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
 
 
 def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", timeout=60.0,
-                 threads=None):
+                 threads=None, device="auto"):
     """Backprop on ``job``'s model as a K-stage pipeline, once per schedule ("gpipe", "1f1b").
 
     Returns {name: RunResult}: history holds the output loss, ``grads`` the first step's
@@ -134,7 +134,7 @@ def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", tim
         raise ValueError("run_pipeline: the plan has 1 stage; a pipeline needs at least 2")
     job.check_portable("run_pipeline")
     parts = launch(pipeline_worker, (job, schedules, n_microbatches,
-                                     Options(backend, 1, timeout, threads)), world)
+                                     Options(backend, 1, timeout, threads, device)), world)
     out = {}
     for i, name in enumerate(schedules):
         ranks = [parts[r][i] for r in range(world)]
