@@ -14,13 +14,14 @@ message over duplicating the block because a duplicate would have to be kept in 
 owner's weights; the message is one activation-sized tensor and the owner stays the only writer.
 A message that has to go further back than one stage continues hop by hop.
 """
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .guards import (check_devices, check_finite, check_input, check_labels, check_modules,
+                     dtype_name)
 from .plan import Plan
 
 
@@ -74,7 +75,7 @@ class Stage:
     def update(self):
         """Optimizer step, then clear gradients and any kept graph. Refuses a non-finite loss."""
         if self._loss is not None:
-            _check_finite(self, float(self._loss))
+            check_finite(self, float(self._loss))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.release()
@@ -88,35 +89,16 @@ class StepResult:
     grad_in: torch.Tensor = None   # d l_s / d x_in when the loss reaches back (overlap > 0)
 
 
-def _name(dtype):
-    return str(dtype).removeprefix("torch.")
-
-
-def _check_input(stage, x):
-    """A floating input must match the stage's parameter dtype (integer token ids pass)."""
-    want = stage.dtype
-    if want is not None and x.is_floating_point() and x.dtype != want:
-        raise TypeError(f"stage {stage.index} expects {_name(want)} input, got {_name(x.dtype)}; "
-                        f"convert the input with x.to(torch.{_name(want)}) or the model with "
-                        f"net.to(torch.{_name(x.dtype)})")
-
-
-def _check_finite(stage, loss):
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"stage {stage.index}: local loss is {loss} at step {stage.step_count}; "
-                                 f"stopped before the update. Lower the lr or check the inputs")
-
-
 def _forward_blocks(stage, x):
-    _check_input(stage, x)
+    check_input(stage, x)
     for i, block in enumerate(stage.blocks):
         try:
             x = block(x)
         except RuntimeError as e:
             raise RuntimeError(f"stage {stage.index}, block {i} of the stage ({type(block).__name__}) "
-                               f"failed on an input of shape {tuple(x.shape)}, dtype {_name(x.dtype)}: "
-                               f"{e}. Check that each block's output shape is the next block's input "
-                               f"shape.") from e
+                               f"failed on an input of shape {tuple(x.shape)}, dtype "
+                               f"{dtype_name(x.dtype)}: {e}. Check that each block's output shape is "
+                               f"the next block's input shape.") from e
     return x
 
 
@@ -129,25 +111,15 @@ def _head(stage, h):
                            f"must accept the output of the stage's last block.") from e
 
 
-def _check_labels(stage, logits, y):
-    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"stage {stage.index}: labels must be integer class indices, got dtype "
-                        f"{_name(y.dtype)}; convert with y.long()")
-    n_classes = logits.shape[-1]
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"stage {stage.index}: labels must lie in [0, {n_classes - 1}] for a head "
-                         f"with {n_classes} outputs, got min {int(y.min())}, max {int(y.max())}")
-
-
 def _local_loss(stage, logits, y):
     checked = stage.loss_fn is cross_entropy
     if checked and stage.device.type != "cpu":
-        _check_labels(stage, logits, y)  # on a GPU a bad label is an unrecoverable device assert
+        check_labels(stage, logits, y)  # on a GPU a bad label is an unrecoverable device assert
     try:
         return stage.loss_fn(logits, y)
     except (IndexError, RuntimeError):
         if checked:  # on CPU, explain the failure only when it happens: no cost on good batches
-            _check_labels(stage, logits, y)
+            check_labels(stage, logits, y)
         raise
 
 
@@ -191,41 +163,25 @@ def receive_grad(stage, grad_out, n_blocks):
     return stage._x_in.grad if further else None
 
 
-def _check_devices(devices, n_stages):
-    """One torch.device per stage from None (all CPU), a single device, or a list."""
-    if devices is None or isinstance(devices, (str, torch.device)):
-        devices = [devices or "cpu"] * n_stages
-    devices = list(devices)
-    if len(devices) != n_stages:
-        raise ValueError(f"LocalNet: devices must list one device per stage ({n_stages}), "
-                         f"got {len(devices)}: {devices}")
-    devices = [torch.device(d) for d in devices]
-    for d in devices:
-        if d.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"LocalNet: device {d} was asked for but CUDA is not available on "
-                               f"this machine; use 'cpu' or minilocal.device()")
-        if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
-            raise RuntimeError(f"LocalNet: device {d} does not exist; this machine has "
-                               f"{torch.cuda.device_count()} CUDA device(s)")
-    return devices
-
-
-def _check_modules(blocks, heads, plan):
-    if len(blocks) != plan.n_blocks:
-        raise ValueError(f"LocalNet: the plan has {plan.n_blocks} blocks but {len(blocks)} "
-                         f"blocks were given; build the plan with the number of blocks")
-    if len(heads) != plan.n_stages:
-        raise ValueError(f"LocalNet: the plan has {plan.n_stages} stages, so it needs "
-                         f"{plan.n_stages} heads (one per stage), got {len(heads)}")
-    seen = {}
-    for kind, modules in (("block", blocks), ("head", heads)):
-        for i, m in enumerate(modules):
-            if not isinstance(m, nn.Module):
-                raise TypeError(f"LocalNet: {kind} {i} must be an nn.Module, got {type(m).__name__}")
-            if id(m) in seen:  # a shared module would be trained by two optimizers at once
-                raise ValueError(f"LocalNet: {kind} {i} is the same module object as {seen[id(m)]}; "
-                                 f"build a separate module for each block and head")
-            seen[id(m)] = f"{kind} {i}"
+def receive_stale_grad(stage, grad_out, n_blocks, x_in):
+    """Apply a backward message that arrives after this stage has already updated (asynchronous
+    overlap). The graph of the step it belongs to is gone (the update changed its weights in
+    place), so the stage's forward is recomputed on that step's stored input ``x_in`` with the
+    *current* weights, and ``grad_out`` is backpropagated through the last ``n_blocks`` blocks.
+    The batch is right; the weights are newer by the message's delay: that is its staleness."""
+    if not 1 <= n_blocks <= len(stage.blocks):
+        raise ValueError(f"stage {stage.index}: a delayed message can reach 1 to "
+                         f"{len(stage.blocks)} blocks of this stage, got {n_blocks}; the "
+                         f"asynchronous runtime sends overlap messages one stage back only")
+    first = len(stage.blocks) - n_blocks
+    h = x_in.to(stage.device)
+    with torch.no_grad():  # blocks the message does not reach are only needed for their output
+        for block in stage.blocks[:first]:
+            h = block(h)
+    for block in stage.blocks[first:]:
+        h = block(h)
+    targets = [p for block in stage.blocks[first:] for p in block.parameters()]
+    torch.autograd.backward(h, grad_out.to(stage.device), inputs=targets)
 
 
 class LocalNet(nn.Module):
@@ -246,8 +202,8 @@ class LocalNet(nn.Module):
             raise TypeError(f"LocalNet: optimizer must be a factory params -> torch.optim.Optimizer, "
                             f"e.g. lambda ps: torch.optim.SGD(ps, lr=0.1); got {optimizer!r}")
         blocks, heads = list(blocks), list(heads)
-        _check_modules(blocks, heads, plan)
-        devices = _check_devices(devices, plan.n_stages)
+        check_modules(blocks, heads, plan)
+        devices = check_devices(devices, plan.n_stages)
         self.plan = plan
         self.blocks = nn.ModuleList(blocks)
         self.heads = nn.ModuleList(heads)
@@ -273,7 +229,7 @@ class LocalNet(nn.Module):
 
     def to_devices(self, devices):
         """Move stage s (blocks, head, optimizer state) to devices[s]; one device moves them all."""
-        for stage, d in zip(self.stages, _check_devices(devices, len(self.stages))):
+        for stage, d in zip(self.stages, check_devices(devices, len(self.stages))):
             for m in [*stage.blocks, stage.head]:
                 m.to(d)
             stage.device = d
@@ -300,7 +256,7 @@ class LocalNet(nn.Module):
             h = res.x_out
         losses = [float(r.loss) for r in results]
         for stage, loss in zip(self.stages, losses):
-            _check_finite(stage, loss)
+            check_finite(stage, loss)
         return losses
 
     def local_backward(self, x, y):
