@@ -159,7 +159,9 @@ def receive_grad(stage, grad_out, n_blocks):
     if further:
         targets.append(stage._x_in)
         stage._x_in.grad = None
-    torch.autograd.backward(stage._out, grad_out.to(stage.device), inputs=targets, retain_graph=True)
+    if targets:  # blocks without parameters (an activation) have nothing to learn
+        torch.autograd.backward(stage._out, grad_out.to(stage.device), inputs=targets,
+                                retain_graph=True)
     return stage._x_in.grad if further else None
 
 
@@ -181,7 +183,8 @@ def receive_stale_grad(stage, grad_out, n_blocks, x_in):
     for block in stage.blocks[first:]:
         h = block(h)
     targets = [p for block in stage.blocks[first:] for p in block.parameters()]
-    torch.autograd.backward(h, grad_out.to(stage.device), inputs=targets)
+    if targets:  # blocks without parameters (an activation) have nothing to learn
+        torch.autograd.backward(h, grad_out.to(stage.device), inputs=targets)
 
 
 class LocalNet(nn.Module):

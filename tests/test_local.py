@@ -389,3 +389,32 @@ def test_non_finite_loss_stops_before_its_stage_updates(bad_stage):
     with pytest.raises(FloatingPointError, match=f"stage {bad_stage}: local loss is nan at step 4"):
         stage_step(stage, x if bad_stage == 0 else torch.zeros(32, 16), y)
     assert all(map(torch.equal, before[bad_stage], stage.parameters()))
+
+
+def test_receive_stale_grad_recomputes_the_step_at_current_weights():
+    """A delayed message: forward of the stored input through the stage as it is now, then the
+    message backpropagated through the last n blocks only (oracle: autograd written out)."""
+    from minilocal.local import receive_stale_grad
+
+    torch.manual_seed(0)
+    net = LocalNet([nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)], [nn.Linear(3, 2), nn.Linear(3, 2)],
+                   Plan(((0, 1), (2,)), overlap=1)).double()
+    stage = net.stages[0]
+    x, grad = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    receive_stale_grad(stage, grad, 1, x)               # only block 1 (Tanh: no parameters) ...
+    assert all(p.grad is None for p in stage.blocks[0].parameters())
+    receive_stale_grad(stage, grad, 2, x)               # ... now blocks 0 and 1
+    w = stage.blocks[0].weight.detach().clone().requires_grad_(True)
+    b = stage.blocks[0].bias.detach().clone().requires_grad_(True)
+    (torch.tanh(x @ w.T + b) * grad).sum().backward()
+    torch.testing.assert_close(stage.blocks[0].weight.grad, w.grad, rtol=1e-12, atol=0)
+    torch.testing.assert_close(stage.blocks[0].bias.grad, b.grad, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="a delayed message can reach 1 to 2 blocks of this stage, got 3"):
+        receive_stale_grad(stage, grad, 3, x)
+    # the synchronous path too: l_1 reaches only the parameterless Tanh of stage 0
+    net.zero_grad()
+    net.local_backward(x, torch.tensor([0, 1, 0, 1]))
+    only_l0 = torch.autograd.grad(
+        F.cross_entropy(net.heads[0](torch.tanh(net.blocks[0](x))), torch.tensor([0, 1, 0, 1])),
+        net.blocks[0].weight)[0]
+    torch.testing.assert_close(net.blocks[0].weight.grad, only_l0, rtol=1e-12, atol=0)

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 from minilocal import Plan, models  # noqa: E402
 from minilocal.__main__ import main  # noqa: E402
-from minilocal.local import receive_grad, stage_step  # noqa: E402
+from minilocal.local import stage_step  # noqa: E402
 from minilocal.runtime import (ArrayBatches, Event, Job, ModelSpec, RandomBatches,  # noqa: E402
                                makespan, measure_costs, plot_timelines, plot_utilization,
                                run_distributed, run_pipeline, run_sequential, schedule_timeline,
@@ -79,14 +79,16 @@ def test_simulator_delay_matches_hand_written_delayed_loop():
     job = make_job(Plan.overlapping(2), n_steps=5, delay=1)
     net = job.build()
     s0, s1 = net.stages
-    messages, losses = [], []
+    messages, inputs, losses = [], [], []
     for t in range(job.n_steps):  # update t of stage 0 applies the message of step t - 1
         x, y = job.batches(t)
+        inputs.append(x)
         r0 = stage_step(s0, x, y, update=False)
         r1 = stage_step(s1, r0.x_out, y, update=False)
         messages.append(r1.grad_in)
-        if t >= 1:
-            receive_grad(s0, messages[t - 1], 1)
+        if t >= 1:  # batch t - 1's input, through block 0 as it is now
+            h = s0.blocks[0](inputs[t - 1])
+            torch.autograd.backward(h, messages[t - 1], inputs=list(s0.blocks[0].parameters()))
         s0.update(), s1.update()
         losses.append([float(r0.loss), float(r1.loss)])
     sim = simulate(job, [1, 1], jitter=0.3)
@@ -132,6 +134,14 @@ def test_staleness_equals_queue_capacity_behind_a_slow_stage(capacity):
     assert staleness[0] == 0
     assert staleness[capacity:n - capacity] == [capacity] * (n - 2 * capacity)
     assert sim.stats[0]["staleness"] == [0] * n
+
+
+def test_staleness_is_zero_when_the_next_stage_starts_before_the_update_ends():
+    # a stage sends before it updates, so with a costly update the next stage starts on batch t
+    # while update t still runs: the activation is as fresh as it can be (0, never negative)
+    costs = {"forward": [1] * 3, "backward": [1] * 3, "update": [0.5] * 3, "message": [0] * 3}
+    sim = simulate(make_job(Plan.greedy(3), n_steps=6), costs)
+    assert [st["staleness"] for st in sim.stats] == [[0] * 6] * 3
 
 
 def test_measure_costs_has_every_kind_per_stage():

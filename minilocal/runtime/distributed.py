@@ -7,7 +7,8 @@ with point-to-point messages:
 * forward: stage s sends its detached output of step t and the batch's labels to stage s+1
   (only stage 0 reads the batch source). Greedy and chunked plans send nothing else.
 * backward (overlapping plans only): stage s sends ``grad_in`` of step t to stage s-1, which
-  applies it with ``receive_grad`` at its update t + ``Job.delay``. With delay 0 (synchronous)
+  applies it at its update t + ``Job.delay`` (``receive_grad`` through the kept graph when the
+  delay is 0, ``receive_stale_grad`` recomputing step t's forward otherwise). With delay 0 (synchronous)
   the run equals the sequential runner bitwise; with delay d it equals ``simulate`` with the
   same delay bitwise, whatever the timing, because the Job alone fixes which message meets which
   update. (Bitwise also needs equal torch thread counts: a matmul's sum order depends on them;

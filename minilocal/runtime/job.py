@@ -93,9 +93,11 @@ class Job:
 
     ``delay``: how many steps late a stage applies the backward message of an overlapping loss.
     0 is synchronous (stage s waits for the message of step t before its update t). With delay d,
-    update t applies the message of step t - d through the graph of step t: the message was
-    computed on batch t - d, so row i meets example i of batch t (a stale, mismatched gradient;
-    exact alternatives stash weights or recompute the forward). Forward-only plans ignore it.
+    update t applies the message of step t - d: the graph of that step is gone (updates changed
+    its weights in place), so the stage recomputes its forward on the stored input of step t - d
+    with its current weights (``local.receive_stale_grad``) and backpropagates the message through
+    it. The batch matches; the weights are d updates newer than the ones the message was computed
+    against: that is the staleness. Forward-only plans ignore it.
     Runners agree bitwise only for deterministic blocks: dropout draws differ between processes.
     """
     model: ModelSpec

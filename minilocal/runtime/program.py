@@ -19,7 +19,7 @@ from functools import partial
 
 import torch
 
-from ..local import receive_grad, stage_step
+from ..local import receive_grad, receive_stale_grad, stage_step
 
 
 @dataclass
@@ -46,9 +46,11 @@ def stage_program(stage, job):
     """Run ``job.n_steps`` steps of one stage; returns its local losses (floats), one per step."""
     s, K = stage.index, job.plan.n_stages
     reach_next = job.receivers()[s]
-    losses = []
+    losses, inputs = [], {}  # inputs: this stage's input of the steps whose message is pending
     for t in range(job.n_steps):
         x, y = job.batches(t) if s == 0 else (yield Recv("act", t))
+        if reach_next and job.delay:
+            inputs[t] = x
         res = yield Compute("step", partial(stage_step, stage, x, y, update=False), t)
         if s < K - 1:
             yield Send("act", (res.x_out, y), t)
@@ -56,7 +58,11 @@ def stage_program(stage, job):
             yield Send("grad", res.grad_in, t)
         if reach_next and t >= job.delay:
             grad = yield Recv("grad", t - job.delay)
-            yield Compute("backward", partial(receive_grad, stage, grad, reach_next), t)
+            if job.delay:  # the graph of step t - delay is gone: recompute it at current weights
+                apply = partial(receive_stale_grad, stage, grad, reach_next, inputs.pop(t - job.delay))
+            else:
+                apply = partial(receive_grad, stage, grad, reach_next)
+            yield Compute("backward", apply, t)
         yield Compute("update", stage.update, t)
         losses.append(float(res.loss))
     if reach_next:  # every message is received (no send left pending); the last `delay` go unused

@@ -8,9 +8,9 @@ most ``capacity`` messages (a full queue blocks the sender). Jitter multiplies e
 seeded log-normal factor. Events are processed in simulated-time order, ties in the order
 they were scheduled, so a run is a pure function of its arguments.
 
-Staleness: when stage s starts step t it trains on the activation of batch t, produced by stage
-s-1's weights after t updates; meanwhile stage s-1 has made ``stats[s]["staleness"][t]`` more
-updates. For forward-only plans this changes nothing numerically (the message is the same as in
+Staleness: when stage s starts step t it trains on the activation of batch t, made by stage s-1
+in its step t; ``stats[s]["staleness"][t]`` counts the updates stage s-1 has finished *after* its
+update t by then (0: the activation is as fresh as a synchronous pipeline's). For forward-only plans this changes nothing numerically (the message is the same as in
 the sequential run); with overlap, ``Job.delay`` decides which backward message an update uses.
 """
 import bisect
@@ -167,7 +167,8 @@ class _Simulation:
         if s == 0:
             return [0] * len(self.step_starts[s])
         ends = self.update_ends[s - 1]
-        return [bisect.bisect_right(ends, T) - (t + 1) for t, T in enumerate(self.step_starts[s])]
+        # stage s may start before stage s-1 finishes update t (it sends first): still fresh, 0
+        return [max(0, bisect.bisect_right(ends, T) - (t + 1)) for t, T in enumerate(self.step_starts[s])]
 
 
 def simulate(job, costs, capacity=2, latency=0.0, jitter=0.0, seed=0):
