@@ -10,7 +10,7 @@ STAMP := $(VENV)/.minilocal-installed
 .PHONY: lab test env release clean-env
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab course/
+	$(BIN)/jupyter lab course/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --nbval tests course solutions
