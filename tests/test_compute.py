@@ -51,6 +51,29 @@ def test_conv1d_flops_match_hand_formula():
     assert f.forward == 2 * 8 * 9 * (4 // 2) * 3
 
 
+class SelfAttention(nn.Module):
+    """One head, q = k = v = x: (B, T, D); ``fused`` picks scaled_dot_product_attention."""
+
+    def __init__(self, fused):
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, x):
+        if self.fused:
+            return torch.nn.functional.scaled_dot_product_attention(x, x, x)
+        scores = (x @ x.transpose(1, 2)) / math.sqrt(x.shape[-1])   # (B, T, T)
+        return scores.softmax(dim=-1) @ x                            # (B, T, D)
+
+
+def test_fused_attention_on_cpu_counts_like_the_two_matmuls():
+    # per example: Q K^T and P V, 2*T*T*D each; backward: four matmuls of the same size
+    T, D = 6, 8
+    fused, _ = count_flops(SelfAttention(True), torch.randn(2, T, D))
+    explicit, _ = count_flops(SelfAttention(False), torch.randn(2, T, D))
+    assert fused.forward == explicit.forward == 4 * T * T * D
+    assert fused.backward_x == 8 * T * T * D
+
+
 def test_count_flops_leaves_batchnorm_stats_alone():
     bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     before = {k: v.clone() for k, v in bn.state_dict().items()}

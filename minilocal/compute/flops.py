@@ -14,7 +14,16 @@ All numbers are per example (counted on a batch, divided by its size).
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
+
+_aten = torch.ops.aten
+# FlopCounterMode's table (torch 2.13) has the GPU kernels of scaled_dot_product_attention but not
+# the CPU one, which it would count as 0 FLOPs: count it with the same formulas, so attention costs
+# the same on every device (causal masking is not discounted, as for the GPU kernels).
+CPU_ATTENTION = {op: formula for name, formula in (
+    ("_scaled_dot_product_flash_attention_for_cpu", sdpa_flop),
+    ("_scaled_dot_product_flash_attention_for_cpu_backward", sdpa_backward_flop))
+    if hasattr(_aten, name) for op in [getattr(_aten, name)]}
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ class Flops:
 
 
 def _counted(fn):
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -46,7 +55,7 @@ def count_flops(module, x):
     batch = x.shape[0]
     saved = [b.detach().clone() for b in module.buffers()]  # counting must not move BatchNorm stats
     x = x.detach().requires_grad_(x.is_floating_point())
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         out = module(x)
     forward = counter.get_total_flops()
     params = [p for p in module.parameters() if p.requires_grad]
