@@ -128,6 +128,9 @@ def main(argv=None):
         job = _job(args)
     except (ValueError, TypeError) as e:  # a bad combination (e.g. --chunks > --blocks)
         parser.error(str(e))
+    if args.runner == "sequential" and args.delay:
+        parser.error(f"--runner sequential is synchronous; --delay {args.delay} needs --runner "
+                     f"simulator or distributed")
     from .runtime import WorkerError
 
     try:

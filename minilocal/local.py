@@ -14,6 +14,8 @@ message over duplicating the block because a duplicate would have to be kept in 
 owner's weights; the message is one activation-sized tensor and the owner stays the only writer.
 A message that has to go further back than one stage continues hop by hop.
 """
+import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -73,10 +75,17 @@ class Stage:
         self._x_in = self._out = None
 
     def update(self):
-        """Optimizer step, then clear gradients and any kept graph. Refuses a non-finite loss."""
-        if self._loss is not None:
-            check_finite(self, float(self._loss))
+        """Optimizer step, then clear gradients and any kept graph. Refuses a non-finite loss
+        (and discards that step's gradients, so they cannot poison the next one)."""
+        if self._loss is not None and not math.isfinite(float(self._loss)):
+            loss = float(self._loss)
+            self.discard()
+            check_finite(self, loss)
         self.optimizer.step()
+        self.discard()
+
+    def discard(self):
+        """Drop this step's gradients, kept graph and loss without updating."""
         self.optimizer.zero_grad(set_to_none=True)
         self.release()
         self._loss = None
@@ -165,6 +174,20 @@ def receive_grad(stage, grad_out, n_blocks):
     return stage._x_in.grad if further else None
 
 
+@contextlib.contextmanager
+def kept_buffers(*modules):
+    """Restore every buffer of ``modules`` (BatchNorm running statistics) on exit: for forward
+    passes that measure or recompute and must not count as seeing the data again."""
+    buffers = [b for m in modules for b in m.buffers()]
+    saved = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
+
+
 def receive_stale_grad(stage, grad_out, n_blocks, x_in):
     """Apply a backward message that arrives after this stage has already updated (asynchronous
     overlap). The graph of the step it belongs to is gone (the update changed its weights in
@@ -177,14 +200,17 @@ def receive_stale_grad(stage, grad_out, n_blocks, x_in):
                          f"asynchronous runtime sends overlap messages one stage back only")
     first = len(stage.blocks) - n_blocks
     h = x_in.to(stage.device)
-    with torch.no_grad():  # blocks the message does not reach are only needed for their output
-        for block in stage.blocks[:first]:
-            h = block(h)
-    for block in stage.blocks[first:]:
-        h = block(h)
     targets = [p for block in stage.blocks[first:] for p in block.parameters()]
-    if targets:  # blocks without parameters (an activation) have nothing to learn
-        torch.autograd.backward(h, grad_out.to(stage.device), inputs=targets)
+    # the stage saw this batch already: no second BatchNorm update (restored after the backward,
+    # which still needs the statistics as they were in this forward)
+    with kept_buffers(*stage.blocks):
+        with torch.no_grad():  # blocks the message does not reach are only needed for their output
+            for block in stage.blocks[:first]:
+                h = block(h)
+        for block in stage.blocks[first:]:
+            h = block(h)
+        if targets:  # blocks without parameters (an activation) have nothing to learn
+            torch.autograd.backward(h, grad_out.to(stage.device), inputs=targets)
 
 
 class LocalNet(nn.Module):
@@ -258,8 +284,11 @@ class LocalNet(nn.Module):
             results.append(res)
             h = res.x_out
         losses = [float(r.loss) for r in results]
-        for stage, loss in zip(self.stages, losses):
-            check_finite(stage, loss)
+        if not all(map(math.isfinite, losses)):  # no NaN gradient may reach a later step
+            for stage in self.stages:
+                stage.discard()
+            for stage, loss in zip(self.stages, losses):
+                check_finite(stage, loss)
         return losses
 
     def local_backward(self, x, y):

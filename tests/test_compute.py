@@ -339,3 +339,14 @@ def test_output_loss_evaluates_in_eval_mode_and_restores_the_mode():
     net.eval()
     with torch.no_grad():
         assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(net(x), y)))
+
+
+def test_gradient_similarity_leaves_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    plan = Plan.greedy(2)
+    blocks = [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU()) for _ in range(2)]
+    blocks[1][0] = nn.Linear(4, 4)
+    heads = [nn.Linear(4, 2), nn.Linear(4, 2)]
+    before = [b.clone() for m in blocks for b in m.buffers()]
+    gradient_similarity(blocks, heads, plan, torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    assert all(torch.equal(a, b) for a, b in zip(before, [b for m in blocks for b in m.buffers()]))

@@ -389,6 +389,11 @@ def test_non_finite_loss_stops_before_its_stage_updates(bad_stage):
     with pytest.raises(FloatingPointError, match=f"stage {bad_stage}: local loss is nan at step 4"):
         stage_step(stage, x if bad_stage == 0 else torch.zeros(32, 16), y)
     assert all(map(torch.equal, before[bad_stage], stage.parameters()))
+    # the refused steps left no NaN gradient behind: once the input is sane, training goes on
+    assert all(p.grad is None for st in net.stages for p in st.parameters())
+    net.heads[bad_stage].bias.data[0] = 0.0
+    net.train_step(x, y)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
 def test_receive_stale_grad_recomputes_the_step_at_current_weights():
@@ -418,3 +423,18 @@ def test_receive_stale_grad_recomputes_the_step_at_current_weights():
         F.cross_entropy(net.heads[0](torch.tanh(net.blocks[0](x))), torch.tensor([0, 1, 0, 1])),
         net.blocks[0].weight)[0]
     torch.testing.assert_close(net.blocks[0].weight.grad, only_l0, rtol=1e-12, atol=0)
+
+
+def test_a_delayed_message_does_not_update_batchnorm_twice():
+    from minilocal.local import receive_stale_grad
+
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), nn.Linear(4, 4)]
+    net = LocalNet(blocks, [nn.Linear(4, 2), nn.Linear(4, 2)], Plan.overlapping(2))
+    bn = blocks[0][1]
+    x = torch.randn(8, 3)
+    stage_step(net.stages[0], x, torch.randint(0, 2, (8,)))
+    seen = (bn.running_mean.clone(), int(bn.num_batches_tracked))
+    receive_stale_grad(net.stages[0], torch.randn(8, 4), 1, x)
+    assert torch.equal(bn.running_mean, seen[0]) and int(bn.num_batches_tracked) == seen[1] == 1
+    assert blocks[0][0].weight.grad is not None

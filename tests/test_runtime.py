@@ -261,3 +261,34 @@ def test_notebook_defined_recipes_are_refused_before_any_process_starts(monkeypa
         run_distributed(job)
     with pytest.raises(ValueError, match="defined in this notebook"):
         run_pipeline(job)
+
+
+def test_sequential_runner_refuses_a_delayed_job():
+    job = make_job(Plan.overlapping(2), delay=1)
+    with pytest.raises(ValueError, match="the sequential runner is synchronous, but this job has delay=1"):
+        run_sequential(job)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--runner", "sequential", "--plan", "overlapping", "--delay", "1"])
+    assert exit_.value.code == 2
+    assert measure_costs(job, n_steps=1)["forward"]  # costs of a delayed job are still measurable
+
+
+def test_simulate_names_the_costs_it_was_given():
+    with pytest.raises(ValueError, match=r"costs must be 2 finite seconds >= 0 per step \(one per stage\), "
+                                         r"got \[1, 1, 1, 1\]"):
+        simulate(make_job(Plan.greedy(2)), [1, 1, 1, 1])
+
+
+def test_results_carry_batchnorm_statistics_and_load_back_exactly():
+    job = Job(ModelSpec(models.resnet1d, {"n_blocks": 2, "channels": 4}), Plan.greedy(2),
+              RandomBatches(8, d_in=40), functools.partial(sgd, lr=0.1), 3)
+    run = run_sequential(job)
+    net = job.build()
+    assert set(run.params) == set(net.state_dict())            # buffers included
+    run.load_into(net)
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, torch.from_numpy(run.params[name])), name
+    assert int(net.state_dict()["blocks.1.norm1.num_batches_tracked"]) == 3
+    other = make_job(Plan.greedy(2)).build()
+    with pytest.raises(ValueError, match="these weights do not fit this net"):
+        run.load_into(other)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
+from ..local import kept_buffers
+
 _aten = torch.ops.aten
 # FlopCounterMode's table (torch 2.13) has the GPU kernels of scaled_dot_product_attention but not
 # the CPU one, which it would count as 0 FLOPs: count it with the same formulas, so attention costs
@@ -53,24 +55,21 @@ def count_flops(module, x):
         raise ValueError(f"count_flops: x must be a batch tensor of shape (B, ...) with B >= 1, "
                          f"got {getattr(x, 'shape', x)!r}")
     batch = x.shape[0]
-    saved = [b.detach().clone() for b in module.buffers()]  # counting must not move BatchNorm stats
     x = x.detach().requires_grad_(x.is_floating_point())
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
-        out = module(x)
-    forward = counter.get_total_flops()
-    params = [p for p in module.parameters() if p.requires_grad]
-    seed = torch.ones_like(out)
+    with kept_buffers(module):  # counting must not move BatchNorm statistics
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
+            out = module(x)
+        forward = counter.get_total_flops()
+        params = [p for p in module.parameters() if p.requires_grad]
+        seed = torch.ones_like(out)
 
-    def grads(inputs):
-        # each count needs its own graph; a fresh forward outside the counter provides it
-        y = module(x)
-        return lambda: torch.autograd.grad(y, inputs, seed, allow_unused=True)
+        def grads(inputs):
+            # each count needs its own graph; a fresh forward outside the counter provides it
+            y = module(x)
+            return lambda: torch.autograd.grad(y, inputs, seed, allow_unused=True)
 
-    weights = _counted(grads(params)) if params else 0
-    both = _counted(grads(params + [x])) if x.requires_grad else weights
-    with torch.no_grad():
-        for buffer, value in zip(module.buffers(), saved):
-            buffer.copy_(value)
+        weights = _counted(grads(params)) if params else 0
+        both = _counted(grads(params + [x])) if x.requires_grad else weights
     flops = Flops(forward / batch, weights / batch, (both - weights) / batch)
     return flops, out.detach()
 

@@ -14,12 +14,18 @@ l_{b+1}'s gradient for b.
 import torch
 import torch.nn.functional as F
 
-from ..local import cross_entropy
+from ..local import cross_entropy, kept_buffers
 from ..plan import Plan
 
 
 def plan_gradients(blocks, heads, plan, x, y, loss_fn=cross_entropy):
-    """Each block's gradient under ``plan``, flattened: a list of L tensors (P_b,). x: (B, ...)."""
+    """Each block's gradient under ``plan``, flattened: a list of L tensors (P_b,). x: (B, ...).
+    Measuring leaves BatchNorm running statistics as they were."""
+    with kept_buffers(*blocks, *heads):
+        return _plan_gradients(blocks, heads, plan, x, y, loss_fn)
+
+
+def _plan_gradients(blocks, heads, plan, x, y, loss_fn):
     if not isinstance(plan, Plan):
         raise TypeError(f"plan_gradients: plan must be a minilocal.Plan, got {type(plan).__name__}")
     if len(blocks) != plan.n_blocks or len(heads) != plan.n_stages:

@@ -35,7 +35,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .job import Job, RunResult, stage_params
+from .job import Job, RunResult, stage_state
 from .launch import launch
 from .program import Compute, Send, StepTimer, stage_program
 from .timeline import Event
@@ -147,7 +147,9 @@ class Links:
 
     def send(self, c, value, step):
         tensors = [t.detach().contiguous() for t in (value if c == "act" else [value])]
-        tensors = [t.cpu() for t in tensors] if self.staging else tensors
+        # staged: through host memory (gloo); otherwise on this stage's device, labels included
+        # (the batch source makes them on the CPU, and NCCL sends only CUDA tensors)
+        tensors = [t.cpu() if self.staging else t.to(self.device) for t in tensors]
         works = [dist.isend(t, self.peer[c][1]) for t in tensors]
         self.sending.append((works, tensors, step, c))
         self.stats[f"sent_{c}"] += 1
@@ -213,7 +215,7 @@ def run_job(rank, world, job, opts, device, staging):
     links.close()
     wall = time.perf_counter() - t0
     return {"losses": losses, "timeline": [tuple(e) for e in timeline], "wall": wall,
-            "params": stage_params(net, rank), "stats": links.stats}
+            "params": stage_state(net, rank), "stats": links.stats}
 
 
 def worker(rank, world, jobs, opts, gather=False):

@@ -162,6 +162,15 @@ def stage_params(net, s):
             if id(p) in own}
 
 
+def stage_state(net, s):
+    """Stage s's parameters and buffers (BatchNorm statistics) as numpy arrays, named as in
+    ``net.state_dict()``: everything a runner hands back as the stage's final weights."""
+    stage = net.stages[s]
+    own = {id(t) for m in [*stage.blocks, stage.head] for t in [*m.parameters(), *m.buffers()]}
+    return {name: t.detach().cpu().numpy().copy()
+            for name, t in net.state_dict(keep_vars=True).items() if id(t) in own}
+
+
 @dataclass
 class RunResult:
     """Plain data from any runner: history, timeline, final weights (numpy) and statistics.
@@ -179,6 +188,12 @@ class RunResult:
     grads: dict = None
 
     def load_into(self, net):
-        """Copy the final weights into a LocalNet built from the same Job."""
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in self.params.items()}, strict=False)
+        """Copy the final weights (parameters and buffers) into a LocalNet built from the same Job."""
+        names = set(net.state_dict())
+        missing, unexpected = sorted(names - set(self.params)), sorted(set(self.params) - names)
+        if missing or unexpected:
+            raise ValueError(f"RunResult.load_into: these weights do not fit this net (missing "
+                             f"{missing[:4]}, unexpected {unexpected[:4]}); build the net from the "
+                             f"Job that produced them (job.build())")
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in self.params.items()})
         return net

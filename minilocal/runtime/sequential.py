@@ -9,13 +9,17 @@ import time
 from tqdm.auto import tqdm
 
 from ..local import receive_grad, stage_step
-from .job import RunResult, stage_params
+from .job import RunResult, stage_state
 from .program import StepTimer
 from .timeline import Event
 
 
 def run_sequential(job, progress=False):
     """Train ``job`` synchronously; returns a RunResult (history, timeline, params, stats, wall)."""
+    if job.delay:
+        raise ValueError(f"run_sequential: the sequential runner is synchronous, but this job has "
+                         f"delay={job.delay}; run delayed overlap messages with simulate(job, costs) "
+                         f"or run_distributed(job), or use job.replace(delay=0)")
     net = job.build()
     stages, receivers = net.stages, job.receivers()
     timers = [StepTimer(stage) for stage in stages]
@@ -42,6 +46,6 @@ def run_sequential(job, progress=False):
             timed(s, t, "update", stage.update)
         losses.append([float(r.loss) for r in results])
     wall = time.perf_counter() - t0
-    params = {k: v for s in range(len(stages)) for k, v in stage_params(net, s).items()}
+    params = {k: v for s in range(len(stages)) for k, v in stage_state(net, s).items()}
     history = {"step": list(range(1, job.n_steps + 1)), "train_loss": losses}
     return RunResult(history, timeline, params, [{} for _ in stages], wall)

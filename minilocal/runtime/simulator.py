@@ -21,7 +21,7 @@ from statistics import median
 
 import numpy as np
 
-from .job import RunResult, stage_params
+from .job import RunResult, stage_state
 from .program import Compute, Send, stage_program
 from .sequential import run_sequential
 from .timeline import Event
@@ -41,6 +41,10 @@ def cost_table(costs, n_stages):
         table = {k: list(costs.get(k, [0.0] * n_stages)) for k in COST_KINDS}
     else:
         costs = list(costs)
+        if len(costs) != n_stages or not all(isinstance(c, (int, float)) and c >= 0
+                                             and math.isfinite(c) for c in costs):
+            raise ValueError(f"simulate: costs must be {n_stages} finite seconds >= 0 per step "
+                             f"(one per stage), got {costs}")
         table = {"forward": [c / 3 for c in costs], "backward": [2 * c / 3 for c in costs],
                  "update": [0.0] * len(costs), "message": [0.0] * len(costs)}
     for kind, values in table.items():
@@ -52,8 +56,11 @@ def cost_table(costs, n_stages):
 
 
 def measure_costs(job, n_steps=6, skip=1):
-    """Median seconds per stage of forward, backward, update and message, timed sequentially."""
-    timeline = run_sequential(job.replace(n_steps=n_steps + skip)).timeline
+    """Median seconds per stage of forward, backward, update and message, timed sequentially.
+
+    Timed synchronously (delay 0): for a delayed job the backward message is costed as a pass
+    through the kept graph, not as the forward recompute a delayed message needs."""
+    timeline = run_sequential(job.replace(n_steps=n_steps + skip, delay=0)).timeline
     samples = {(k, s): [] for k in COST_KINDS for s in range(job.plan.n_stages)}
     seen = set()
     for e in timeline:
@@ -198,7 +205,7 @@ def simulate(job, costs, capacity=2, latency=0.0, jitter=0.0, seed=0):
     sim = _Simulation(job, table, capacity, latency, jitter, seed)
     sim.run()
     timeline = sorted(sim.timeline, key=lambda e: (e.t_start, e.stage))
-    params = {k: v for s in range(sim.K) for k, v in stage_params(sim.net, s).items()}
+    params = {k: v for s in range(sim.K) for k, v in stage_state(sim.net, s).items()}
     history = {"step": list(range(1, job.n_steps + 1)),
                "train_loss": [list(row) for row in zip(*sim.losses)]}
     stats = [{"staleness": sim.staleness(s)} for s in range(sim.K)]
