@@ -19,12 +19,20 @@ def cache_dir():
     return Path(os.environ.get("MINILOCAL_CACHE", Path.home() / ".cache" / "minilocal"))
 
 
-def _atomic_save_npz(path, **arrays):
+def atomic_write(path, write):
+    """``write(tmp_path)`` to a temporary file beside ``path``, then rename it over ``path``: a
+    reader sees the old file or the new one, never half of one, and a crash leaves no stray file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; caches and results are shared files
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 @functools.lru_cache(maxsize=4)
@@ -40,8 +48,12 @@ def _mnist1d_arrays(num_samples, seed):
     args.num_samples, args.seed = num_samples, seed
     raw = make_dataset(args)  # procedural: no network
     arrays = {"x": raw["x"], "y": raw["y"], "x_test": raw["x_test"], "y_test": raw["y_test"]}
+    def save(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **arrays)
+
     try:
-        _atomic_save_npz(path, **arrays)
+        atomic_write(path, save)
     except OSError:
         pass  # a read-only home still gets the data, just not cached
     return arrays

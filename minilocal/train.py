@@ -11,12 +11,12 @@ batch order, the RNG states, the history), so an interrupted run resumed from it
 where the uninterrupted run would. It is written atomically and read with ``weights_only=True``.
 """
 import math
-import os
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .data import atomic_write
 from .local import LocalNet
 
 HISTORY_KEYS = ("step", "train_loss", "test_loss", "test_acc")
@@ -83,12 +83,8 @@ def evaluate(net, x, y, batch_size=1024):
 
 
 def _save(path, state):
-    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save atomically (``data.atomic_write``): a crash never leaves half a checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _plan_of(net):

@@ -11,8 +11,6 @@ per-example work of each stage (``cost.stage_flops``), and stops at ``stop_loss`
 """
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data import atomic_write
 from ..local import LocalNet
 from ..plan import Plan
 from .cost import stage_flops
@@ -162,12 +161,11 @@ def load_results(path):
 
 
 def _save(path, results):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=1)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared with the notebooks
-    os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half of one
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+
+    atomic_write(path, write)  # a reader sees the old file or the new one, never half of one
 
 
 def sweep(configs, path, run=run_one, progress=True):
