@@ -179,29 +179,31 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     bar = tqdm(total=steps, initial=start, desc=net.plan.name or "fit", disable=not progress)
     shown = {}  # the bar's postfix: output-head train loss and test accuracy
     net.train()
-    for step in range(start + 1, steps + 1):
-        if pos + batch_size > n:
-            order, pos = torch.randperm(n, generator=gen), 0
-        idx = order[pos:pos + batch_size].to(x.device)
-        pos += batch_size
-        if schedule is not None:
-            _set_lr(net, schedule(step - 1), step - 1)
-        running.append(net.train_step(x[idx], y[idx]))
-        if callback is not None:
-            callback(step, running[-1])
-        bar.update(1)
-        if step % 10 == 0:  # the output head's loss, averaged since the last evaluation
-            shown["loss"] = f"{sum(r[-1] for r in running) / len(running):.3f}"
-            bar.set_postfix(shown, refresh=False)
-        if step % eval_every == 0 or step == steps:
-            test_loss, test_acc = evaluate(net, x_test, y_test, eval_batch_size)
-            history["step"].append(step)
-            history["train_loss"].append([sum(col) / len(running) for col in zip(*running)])
-            history["test_loss"].append(test_loss)
-            history["test_acc"].append(test_acc)
-            running = []
-            shown["test_acc"] = f"{test_acc[-1]:.3f}"
-        if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
-            save(step)
-    bar.close()
+    try:
+        for step in range(start + 1, steps + 1):
+            if pos + batch_size > n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos:pos + batch_size].to(x.device)
+            pos += batch_size
+            if schedule is not None:
+                _set_lr(net, schedule(step - 1), step - 1)
+            running.append(net.train_step(x[idx], y[idx]))
+            if callback is not None:
+                callback(step, running[-1])
+            bar.update(1)
+            if step % 10 == 0:  # the output head's loss, averaged since the last evaluation
+                shown["loss"] = f"{sum(r[-1] for r in running) / len(running):.3f}"
+                bar.set_postfix(shown, refresh=False)
+            if step % eval_every == 0 or step == steps:
+                test_loss, test_acc = evaluate(net, x_test, y_test, eval_batch_size)
+                history["step"].append(step)
+                history["train_loss"].append([sum(col) / len(running) for col in zip(*running)])
+                history["test_loss"].append(test_loss)
+                history["test_acc"].append(test_acc)
+                running = []
+                shown["test_acc"] = f"{test_acc[-1]:.3f}"
+            if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
+                save(step)
+    finally:  # an error or an interrupt must not leave the bar open
+        bar.close()
     return history
