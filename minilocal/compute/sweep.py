@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import atomic_write
 from ..local import LocalNet
 from ..plan import Plan
+from ..train import evaluate
 from .cost import stage_flops
 from .flops import model_flops
 
@@ -106,15 +106,8 @@ def build_net(config, plan, d_in):
 
 
 def output_loss(net, x, y):
-    """Mean cross-entropy of the output head on (x, y), without gradients, in eval mode (so
-    BatchNorm uses its running statistics and leaves them alone); restores the previous mode."""
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            return float(F.cross_entropy(net(x), y))
-    finally:
-        net.train(was_training)
+    """Mean loss of the output head on (x, y): ``train.evaluate``'s (eval mode, no gradients)."""
+    return evaluate(net, x, y)[0][-1]
 
 
 def run_one(config):
