@@ -2,9 +2,13 @@
 
 The Plan says which loss trains which block; the NumPy core (``minilocal.numpy_core``) and the
 torch ``LocalNet`` both read it. Torch is imported only when a torch name is first used, so the
-NumPy lessons start fast.
+NumPy lessons start fast. Importing minilocal sets one thread count for NumPy's BLAS, OpenMP and
+torch (``minilocal.threads``: ``MINILOCAL_THREADS=N`` chooses it).
 """
 from .plan import Plan
+from .threads import set_threads
+
+set_threads()
 
 __all__ = ["Plan", "LocalNet", "stage_step", "device", "fit"]
 __version__ = "0.1.0"
