@@ -35,7 +35,7 @@ release: $(STAMP)
 	$(BIN)/python -m minilocal.release
 
 gpu-check: $(STAMP)
-	$(BIN)/python benchmarks/gpu_check.py
+	$(BIN)/python benchmarks/gpu_check.py runs/gpu-check
 
 # A venv made by another interpreter than the one asked for on the command line is not reused.
 check-python:
