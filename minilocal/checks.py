@@ -1,12 +1,11 @@
 """Exercise checks: run a student's function on fixed inputs against the reference.
 
-``check(exercise, student_fn, reference_fn, cases)`` prints PASS with the error and the tolerance,
+``check(exercise, student_fn, reference_fn, cases)`` prints PASS with the tolerance met,
 raises ``AssertionError`` on a wrong answer (loudly, with the numbers), and when the student's
 function raises ``NotImplementedError`` says the exercise is not done yet and returns the
 reference, so the rest of the notebook keeps running. It returns the function to use from then on.
 """
 import copy
-import math
 
 import numpy as np
 
@@ -84,8 +83,7 @@ def check(exercise, student_fn, reference_fn, cases, tol=1e-6, compare=None, cop
             raise AssertionError(f"Exercise {exercise}: FAIL on case {i}: relative error {err:.2e} "
                                  f"> tolerance {tol:.0e}")
         worst = max(worst, err)
-    # A decade bound, not the raw number: the last digits differ between BLAS builds.
-    # floor + 1 keeps the bound strict when the error is an exact power of ten.
-    bound = 10.0 ** max(-12, math.floor(math.log10(worst)) + 1) if worst > 0 else 1e-12
-    print(f"Exercise {exercise}: PASS (relative error < {bound:.0e}, tolerance {tol:.0e})")
+    # No error figure in the PASS line: its digits (even its decade) depend on the CPU and the BLAS
+    # build, and the line is compared on every student's machine. The tolerance is what passed.
+    print(f"Exercise {exercise}: PASS ({len(cases)} case{'s' * (len(cases) > 1)} within tolerance {tol:.0e})")
     return student_fn

@@ -48,21 +48,24 @@ def stub(x):
     raise NotImplementedError("Exercise 9.1: relu")
 
 
-def test_pass_returns_the_student_function_and_prints_a_decade_bound(capsys):
+def test_pass_returns_the_student_function_and_prints_the_tolerance(capsys):
     def close(x):
         return relu(x) * (1 + 6e-9)              # relative error 6e-9 / (2 + 6e-9) ~ 3e-9
     assert check("9.1", close, relu, CASES, tol=1e-7) is close
-    assert capsys.readouterr().out == "Exercise 9.1: PASS (relative error < 1e-08, tolerance 1e-07)\n"
+    assert capsys.readouterr().out == "Exercise 9.1: PASS (2 cases within tolerance 1e-07)\n"
 
 
-def test_exact_answer_prints_the_floor_bound(capsys):
-    check("9.1", relu, relu, CASES)
-    assert capsys.readouterr().out == "Exercise 9.1: PASS (relative error < 1e-12, tolerance 1e-06)\n"
+def test_the_pass_line_does_not_depend_on_rounding(capsys):
+    # Answers that differ in their last bits (another CPU, another BLAS) print the same line.
+    for wobble in (0.0, 1e-15, 3e-13, 2e-11):
+        check("9.1", lambda x, w=wobble: relu(x) * (1 + w), relu, CASES)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["Exercise 9.1: PASS (2 cases within tolerance 1e-06)"] * 4
 
 
-def test_bound_stays_strict_at_an_exact_power_of_ten(capsys):
-    check("9.1", lambda x: x + 1.0, lambda x: x - 1.0, [(np.array([10.0]),)], tol=0.5)  # 2 / 20
-    assert "relative error < 1e+00" in capsys.readouterr().out
+def test_one_case_is_singular(capsys):
+    check("9.1", relu, relu, CASES[:1], tol=0.5)
+    assert capsys.readouterr().out == "Exercise 9.1: PASS (1 case within tolerance 5e-01)\n"
 
 
 def test_wrong_answer_raises_with_the_case_and_the_error():
