@@ -103,11 +103,13 @@ def test_stage_flops_on_hand_cases():
                               3 * f + head],                         # F, Bw, Bx
         Plan.chunked(4, 2): [5 * f + head] * 2,                      # 2F, 2Bw, Bx of its 2nd block
     }
+    got = {}
     for plan, want in expect.items():
         blocks, heads = chain([8] * 5, 3, plan)
-        assert stage_flops(plan, *model_flops(blocks, heads, plan, torch.randn(2, 8))) == want, plan
-    # greedy's step is less than 1/4 of backprop's, even without heads: (2f) vs (11f) / 4
-    assert 2 * f < (11 * f) / 4
+        got[plan.name] = stage_flops(plan, *model_flops(blocks, heads, plan, torch.randn(2, 8)))
+        assert got[plan.name] == want, plan
+    # greedy's busiest stage does less than 1/4 of backprop's work, even without heads: 2f vs 11f / 4
+    assert max(got["greedy"]) - head < (got["backprop"][0] - head) / 4
 
 
 def test_stage_flops_separates_each_term():
