@@ -19,6 +19,16 @@ device per example, so the step time does not grow with B):
     step time   = max_s W_s * ceil(B / D) / R                    (the slowest stage sets the pace)
     time(n)     = (n + K - 1) * step time  for n >= 1, time(0) = 0   (pipeline fill, paid once)
 
+That is the "unlimited devices" view (D = None: K * B devices for a local method, B for
+backprop). At **equal hardware**, a budget of N devices in all (``equal_hardware_time``):
+
+    backprop            data parallel over min(B, N) devices
+    local methods       K stages x min(B, N // K) replicas each; pipeline fill once per run
+    pipelined backprop  (GPipe/1F1B) the backprop model cut into K stages x N // K replicas; each
+                        replica's b = ceil(B / D) examples in M microbatches, with its bubble every
+                        step: step time = (M + K - 1) * max_s V_s * ceil(b / M) / R, where V_s is
+                        the backprop work of stage s's blocks (``pipeline_stage_flops``)
+
 Backprop is one stage, so it has no fill and no parallelism across blocks. Example, L equal
 Linear blocks with f FLOPs per forward (= weight grad = input grad) and a head costing h in all:
 greedy W_s = 2f + h; backprop W = (3L - 1) f + h. The model ignores communication, staleness,
@@ -85,3 +95,52 @@ def idealized_time(steps, stage_work, batch, throughput=1e12, devices_per_stage=
         return 0.0
     fill = len(stage_work) - 1
     return (steps + fill) * step_time(stage_work, batch, throughput, devices_per_stage)
+
+
+def _check_devices(n_devices, n_stages, where):
+    _check_positive("n_devices", n_devices, where)
+    if n_devices < n_stages:
+        raise ValueError(f"{where}: {n_stages} stages need at least {n_stages} devices, got "
+                         f"n_devices={n_devices}; give every stage a device of its own")
+    return n_devices // n_stages
+
+
+def equal_hardware_time(steps, stage_work, batch, n_devices, throughput=1e12):
+    """Idealized seconds for ``steps`` steps on N devices in all: K stages x min(B, N // K)
+    data-parallel replicas each (K = 1: data-parallel backprop), pipeline fill paid once."""
+    replicas = _check_devices(n_devices, len(stage_work), "equal_hardware_time")
+    return idealized_time(steps, stage_work, batch, throughput, min(batch, replicas))
+
+
+def pipeline_stage_flops(plan, block_flops, head_flops):
+    """Per-example work V_s of each pipeline stage when ONE backprop model is cut by ``plan``'s
+    stages: forward, weight and input gradient of its blocks (no input gradient for block 0),
+    and the output head on the last stage. ``head_flops``: the output head's Flops."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"pipeline_stage_flops: plan must be a minilocal.Plan, got {type(plan).__name__}")
+    if len(block_flops) != plan.n_blocks:
+        raise ValueError(f"pipeline_stage_flops: the plan has {plan.n_blocks} blocks, got Flops for "
+                         f"{len(block_flops)}")
+    work = [0.0] * plan.n_stages
+    for b, f in enumerate(block_flops):
+        work[plan.stage_of(b)] += f.forward + f.backward_w + (f.backward_x if b > 0 else 0.0)
+    work[-1] += head_flops.forward + head_flops.backward_w + head_flops.backward_x
+    return work
+
+
+def pipeline_time(steps, pipeline_work, batch, n_devices, microbatches=None, throughput=1e12):
+    """Idealized seconds of ``steps`` GPipe/1F1B steps of backprop on N devices: K pipeline stages
+    x N // K replicas, every step paying the bubble: (M + K - 1) * max V_s * ceil(b / M) / R with
+    b = ceil(B / D) examples per replica and M microbatches (default b: one example each)."""
+    where = "pipeline_time"
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"{where}: steps must be an int >= 0, got {steps!r}")
+    _check_positive("batch", batch, where)
+    _check_positive("throughput", throughput, where, integer=False)
+    K = len(pipeline_work)
+    per_replica = math.ceil(batch / min(batch, _check_devices(n_devices, K, where)))
+    M = per_replica if microbatches is None else _check_positive("microbatches", microbatches, where)
+    if M > per_replica:
+        raise ValueError(f"{where}: {M} microbatches but only {per_replica} examples per replica; "
+                         f"use at most {per_replica}")
+    return steps * (M + K - 1) * max(pipeline_work) * math.ceil(per_replica / M) / throughput

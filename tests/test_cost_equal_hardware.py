@@ -1,0 +1,90 @@
+"""The cost model at equal hardware (N devices in all), on cases worked out by hand."""
+import pytest
+
+from minilocal import Plan
+from minilocal.compute.cost import (equal_hardware_time, idealized_time, pipeline_stage_flops,
+                                    pipeline_time, stage_flops)
+from minilocal.compute.flops import Flops
+
+R = 1.0  # one FLOP per second: times below are FLOP counts
+UNIT, FREE = Flops(1.0, 1.0, 1.0), Flops(0.0, 0.0, 0.0)  # each block: F = Bw = Bx = 1
+
+
+def test_backprop_is_data_parallel_over_min_batch_and_devices():
+    W = [11.0]  # backprop of 4 unit blocks: 4 F + 4 Bw + 3 Bx
+    # N = 8 devices, batch 32: 4 examples per device, 10 steps, no fill (one stage)
+    assert equal_hardware_time(10, W, 32, 8, R) == 10 * 11 * 4
+    # more devices than examples: the extra devices idle, one example each
+    assert equal_hardware_time(10, W, 32, 1000, R) == 10 * 11 * 1
+    assert equal_hardware_time(10, W, 33, 8, R) == 10 * 11 * 5  # ceil(33 / 8)
+
+
+def test_local_methods_split_the_devices_over_their_stages():
+    W = [2.0] * 4  # greedy, 4 unit blocks, free heads: F + Bw per stage
+    # N = 8: 4 stages x 2 replicas; batch 32: 16 examples per replica; fill of 3 steps once
+    assert equal_hardware_time(10, W, 32, 8, R) == (10 + 3) * 2 * 16
+    # the same work with one device per example and stage (the unlimited view) needs 128 devices
+    assert equal_hardware_time(10, W, 32, 128, R) == idealized_time(10, W, 32, R, None)
+    assert equal_hardware_time(10, W, 32, 4096, R) == (10 + 3) * 2 * 1
+
+
+def test_at_equal_hardware_greedy_gains_less_than_in_the_unlimited_view():
+    greedy, backprop = [2.0] * 4, [11.0]
+    unlimited = idealized_time(100, backprop, 64, R) / idealized_time(100, greedy, 64, R)
+    equal = equal_hardware_time(100, backprop, 64, 16, R) / equal_hardware_time(100, greedy, 64, 16, R)
+    assert unlimited == pytest.approx(11 * 100 / (2 * 103))      # 5.3x: 4x the devices
+    assert equal == pytest.approx(11 * 4 * 100 / (2 * 16 * 103))  # 1.3x on the same 16 devices
+
+
+def test_pipeline_stage_flops_cut_one_backprop_model():
+    plan = Plan.chunked(4, 2)
+    assert pipeline_stage_flops(plan, [UNIT] * 4, Flops(0.5, 0.5, 0.5)) == [2 + 3.0, 6 + 1.5]
+    one = pipeline_stage_flops(Plan.backprop(4), [UNIT] * 4, FREE)
+    assert one == stage_flops(Plan.backprop(4), [UNIT] * 4, [FREE]) == [11.0]
+
+
+def test_pipeline_time_pays_the_bubble_every_step():
+    V = [5.0, 6.0]  # two pipeline stages
+    # N = 4: 2 stages x 2 replicas; batch 16: 8 examples per replica; M = 4 microbatches of 2
+    assert pipeline_time(3, V, 16, 4, microbatches=4, throughput=R) == 3 * (4 + 1) * 6 * 2
+    # default M = one example per microbatch: (8 + 1) slots of one example
+    assert pipeline_time(3, V, 16, 4, throughput=R) == 3 * (8 + 1) * 6 * 1
+    # one stage: GPipe is plain data parallelism
+    assert pipeline_time(3, [11.0], 16, 4, throughput=R) == equal_hardware_time(3, [11.0], 16, 4, R)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: equal_hardware_time(1, [1.0] * 4, 8, 3), r"4 stages need at least 4 devices, got n_devices=3"),
+    (lambda: equal_hardware_time(1, [1.0], 8, 0), r"n_devices must be a positive int, got 0"),
+    (lambda: pipeline_time(1, [1.0, 1.0], 8, 4, microbatches=5), r"5 microbatches but only 4 examples per replica"),
+    (lambda: pipeline_time(-1, [1.0], 8, 4), r"steps must be an int >= 0, got -1"),
+    (lambda: pipeline_stage_flops(Plan.greedy(3), [UNIT] * 2, FREE), r"the plan has 3 blocks, got Flops for 2"),
+])
+def test_bad_budgets_name_the_problem(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def record(method, batch, lr, steps, losses, work):
+    config = {"method": method, "batch": batch, "lr": lr}
+    return {"config": config, "steps": steps, "loss": losses, "stage_flops": work, "n_stages": len(work)}
+
+
+def test_equal_hardware_picks_the_fastest_batch_per_budget_and_compares_on_the_same_n():
+    from minilocal.compute.pareto import equal_hardware
+    results = {  # backprop: 100 steps at batch 8, 60 at 64; greedy: 150 at 8, 120 at 64
+        "a": record("backprop", 8, 1e-3, [0, 100], [2.0, 0.4], [11.0]),
+        "b": record("backprop", 64, 1e-3, [0, 60], [2.0, 0.4], [11.0]),
+        "c": record("greedy", 8, 1e-3, [0, 150], [2.0, 0.4], [2.0] * 4),
+        "d": record("greedy", 64, 1e-3, [0, 120], [2.0, 0.3], [2.0] * 4),
+        "e": record("greedy", 64, 3e-3, [0, 200], [2.0, 0.45], [2.0] * 4),  # slower lr: not chosen
+    }
+    rows = {(r["n_devices"], r["method"]): r for r in equal_hardware(results, 0.5, [8, 64], throughput=1.0)}
+    # N = 8: backprop batch 8 -> 100 * 11 * 1 = 1100; batch 64 -> 60 * 11 * 8 = 5280: batch 8 wins
+    assert rows[8, "backprop"]["time"] == 1100 and rows[8, "backprop"]["batch"] == 8
+    # greedy on 8 devices = 4 stages x 2 replicas: batch 8 -> (150 + 3) * 2 * 4 = 1224
+    assert rows[8, "greedy"]["time"] == 1224 and rows[8, "greedy"]["speedup"] == pytest.approx(1100 / 1224)
+    # N = 64: backprop batch 64 -> 60 * 11 * 1 = 660 beats batch 8 (1100); greedy on 4 x 16: batch 8
+    # -> 153 * 2 * 1 = 306 beats batch 64 (its best lr, 1e-3: 123 * 2 * 4 = 984)
+    assert rows[64, "backprop"]["time"] == 660 and rows[64, "backprop"]["batch"] == 64
+    assert rows[64, "greedy"]["time"] == 306 and rows[64, "greedy"]["speedup"] == pytest.approx(660 / 306)
