@@ -1,0 +1,209 @@
+"""The compute-efficiency study: held-out targets, seeds, tuned learning rates, real delay.
+
+One run trains a 1-D CNN on a large MNIST-1D (many more examples than the largest batch, so the
+model does not overfit within the budget) and records the **held-out** loss of the output head at
+geometrically spaced steps, until it reaches ``target`` or ``max_steps``. Every method gets the
+same rule: Adam, a linear warm-up over ``warmup`` steps, the same budget (``max_steps`` steps or
+``max_epochs`` passes over the data, whichever comes first), the same evaluation. Overlapping runs as the asynchronous runtime would: its backward message arrives
+``delay`` steps late and is applied through a recompute of that step's forward at current
+weights (``local.receive_stale_grad``; ``train_delayed`` equals the simulator bit for bit).
+
+``tune`` finds each (method, batch)'s learning rate on seed 0 over a grid it extends until the
+best value is interior (or the extension limit, which it reports); the other seeds then run at
+that rate. ``noise_scale`` estimates the gradient noise scale B_simple = tr(Sigma) / |G|^2
+(McCandlish et al. 2018) from gradient norms at two batch sizes, for any Plan's local gradient.
+"""
+import math
+import time
+
+import torch
+
+from ..local import LocalNet, receive_stale_grad, stage_step
+from .cost import stage_flops
+from .flops import model_flops
+from .sweep import config_key, eval_schedule, make_plan, sample_batches
+
+VERSION = 1
+DEFAULTS = dict(study=VERSION, dataset="mnist1d", n_samples=50000, model="cnn1d", channels=16,
+                n_blocks=4, target=0.5, max_steps=4000, max_epochs=40, warmup=50, eval_ratio=1.1,
+                eval_examples=2000, seed=0, device="cpu")
+_DATA = {}
+
+
+def config(method, batch, lr, seed=0, **overrides):
+    """A full run config; overlapping gets delay 1 (its message one step late), the others 0."""
+    unknown = set(overrides) - set(DEFAULTS) - {"delay"}
+    if unknown:
+        raise ValueError(f"study.config: unknown setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    delay = overrides.pop("delay", 1 if method == "overlapping" else 0)
+    make_plan(method, overrides.get("n_blocks", DEFAULTS["n_blocks"]))
+    return dict(DEFAULTS, **overrides, method=method, batch=batch, lr=lr, seed=seed, delay=delay)
+
+
+def load(c):
+    """(x, y, x_heldout, y_heldout) tensors for a config, generated once per process."""
+    key = (c["dataset"], c["n_samples"])
+    if key not in _DATA:
+        if c["dataset"] != "mnist1d":
+            raise ValueError(f"study: dataset must be 'mnist1d', got {c['dataset']!r}")
+        from ..data import mnist1d
+
+        d = mnist1d(num_samples=c["n_samples"])
+        _DATA[key] = tuple(torch.from_numpy(d[k]) for k in ("x", "y", "x_test", "y_test"))
+    x, y, xt, yt = _DATA[key]
+    n = c["eval_examples"]
+    return x, y, xt[:n], yt[:n]
+
+
+def build(c):
+    """The run's LocalNet: cnn1d blocks and heads under the config's seed, Adam per stage."""
+    if c["model"] != "cnn1d":
+        raise ValueError(f"study.build: model must be 'cnn1d', got {c['model']!r}")
+    from ..models import cnn1d
+
+    plan = make_plan(c["method"], c["n_blocks"])
+    blocks, heads = cnn1d(plan, channels=c["channels"], seed=c["seed"])
+    return LocalNet(blocks, heads, plan, optimizer=lambda p: torch.optim.Adam(p, lr=c["lr"]))
+
+
+def train_delayed(net, batches, delay, on_step=None):
+    """Train ``net`` on ``batches`` (an iterable of (x, y)) with overlap messages ``delay`` >= 1
+    steps late, stages in pipeline order each step; ``on_step(t)`` after every step's updates."""
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 1:
+        raise ValueError(f"train_delayed: delay must be an int >= 1 (0 is net.train_step), got {delay!r}")
+    K, plan = len(net.stages), net.plan
+    reach = [plan.reach(s + 1) if s + 1 < K else 0 for s in range(K)]
+    inputs, messages = [{} for _ in range(K)], [{} for _ in range(K)]
+    for t, (x, y) in enumerate(batches):
+        h = x
+        for s, stage in enumerate(net.stages):
+            if reach[s]:
+                inputs[s][t] = h
+            res = stage_step(stage, h, y, update=False)
+            messages[s][t] = res.grad_in
+            h = res.x_out
+        for s, stage in enumerate(net.stages):
+            if reach[s] and t >= delay:
+                late = t - delay
+                receive_stale_grad(stage, messages[s + 1].pop(late), reach[s], inputs[s].pop(late))
+        for stage in net.stages:
+            stage.update()
+        if on_step is not None and on_step(t) is False:
+            break
+
+
+def heldout_loss(net, x, y):
+    """Mean cross-entropy of the output head on (x, y), in eval mode, no gradients."""
+    was = net.training
+    net.eval()
+    with torch.no_grad():
+        loss = float(torch.nn.functional.cross_entropy(net(x), y))
+    net.train(was)
+    return loss
+
+
+def budget(c, n_train):
+    """Steps a run may take: ``max_steps``, or fewer when ``max_epochs`` passes come first."""
+    return min(c["max_steps"], math.ceil(c["max_epochs"] * n_train / c["batch"]))
+
+
+def run(c, return_net=False):
+    """Train one config; its record: held-out loss curve, stage FLOPs, the step it reached the
+    target (None if it did not). ``return_net=True``: (record, trained net)."""
+    torch.manual_seed(c["seed"])
+    x, y, xt, yt = load(c)
+    net = build(c)
+    plan = net.plan
+    work = stage_flops(plan, *model_flops(net.blocks, net.heads, plan, x[:4]))
+    n_steps = budget(c, len(x))
+    schedule = set(eval_schedule(n_steps, c["eval_ratio"]))
+    rec = dict(config=c, steps=[0], loss=[heldout_loss(net, xt, yt)], stage_flops=work,
+               n_stages=plan.n_stages, reached=None, diverged=False, budget=n_steps)
+    start, sampler = time.perf_counter(), sample_batches(len(x), c["batch"], c["seed"])
+
+    def batches():
+        for t in range(n_steps):
+            scale = min(1.0, (t + 1) / c["warmup"]) if c["warmup"] else 1.0
+            for stage in net.stages:
+                for group in stage.optimizer.param_groups:
+                    group["lr"] = c["lr"] * scale
+            idx = next(sampler)
+            yield x[idx], y[idx]
+
+    def on_step(t):
+        step = t + 1
+        if step in schedule:
+            rec["steps"].append(step)
+            rec["loss"].append(heldout_loss(net, xt, yt))
+            if not math.isfinite(rec["loss"][-1]):
+                rec["diverged"] = True
+                return False
+            if rec["loss"][-1] <= c["target"]:
+                rec["reached"] = step
+                return False
+        return True
+
+    try:
+        if c["delay"]:
+            train_delayed(net, batches(), c["delay"], on_step)
+        else:
+            for t, (xb, yb) in enumerate(batches()):
+                net.train_step(xb, yb)
+                if on_step(t) is False:
+                    break
+    except FloatingPointError:  # a learning rate too large for this batch: the curve so far
+        rec["diverged"] = True
+    rec["wall_s"] = time.perf_counter() - start
+    return (rec, net) if return_net else rec
+
+
+def _score(rec):
+    """Lower is better: reached runs by steps, the others after them by their best loss."""
+    return (0, rec["reached"]) if rec["reached"] is not None else (1, min(rec["loss"]))
+
+
+def next_lr(lr, up):
+    """The neighbour of ``lr`` on the 1-3-10 grid (1e-3, 3e-3, 1e-2, ...), above or below it."""
+    k = math.floor(math.log10(lr) + 1e-9)
+    grid = [m * 10.0 ** e for e in (k - 1, k, k + 1) for m in (1, 3)]
+    return float(f"{(min(g for g in grid if g > lr * 1.01) if up else max(g for g in grid if g < lr / 1.01)):.3g}")
+
+
+def tune(method, batch, run_cached, grid=(1e-3, 3e-3, 1e-2), max_extend=3, **overrides):
+    """Best lr for (method, batch) on seed 0: the grid, extended along the 1-3-10 grid at an edge
+    that wins, up to ``max_extend`` times. Returns (best lr, {lr: record}, interior: bool)."""
+    lrs = sorted(grid)
+    records = {lr: run_cached(config(method, batch, lr, 0, **overrides)) for lr in lrs}
+    for _ in range(max_extend):
+        best = min(records, key=lambda lr: _score(records[lr]))
+        if best not in (min(records), max(records)):
+            break
+        new = next_lr(best, up=best == max(records))
+        records[new] = run_cached(config(method, batch, new, 0, **overrides))
+    best = min(records, key=lambda lr: _score(records[lr]))
+    return best, dict(sorted(records.items())), best not in (min(records), max(records))
+
+
+def noise_scale(net, x, y, small=32, big=2048, repeats=8, seed=0):
+    """B_simple = tr(Sigma) / |G|^2 of the net's local gradient (every parameter's .grad as the
+    Plan fills it), from mean squared gradient norms at batch sizes ``small`` and ``big``."""
+    g = torch.Generator().manual_seed(seed)
+
+    def sq_norm(b):
+        total = 0.0
+        for _ in range(repeats):
+            idx = torch.randint(0, len(x), (b,), generator=g)
+            net.zero_grad(set_to_none=True)
+            net.local_backward(x[idx], y[idx])
+            total += sum(float(p.grad.pow(2).sum()) for p in net.parameters() if p.grad is not None)
+        net.zero_grad(set_to_none=True)
+        return total / repeats
+
+    s_small, s_big = sq_norm(small), sq_norm(big)
+    g2 = (big * s_big - small * s_small) / (big - small)       # |G|^2, unbiased
+    trace = (s_small - s_big) / (1 / small - 1 / big)          # tr(Sigma)
+    return trace / g2 if g2 > 0 else math.inf
+
+
+__all__ = ["DEFAULTS", "build", "config", "config_key", "heldout_loss", "load", "noise_scale",
+           "run", "train_delayed", "tune"]
