@@ -14,11 +14,14 @@ world size (nodes x processes per node) must equal the number of stages::
     torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
              --rdzv-id=run1 -m minilocal train --plan greedy --blocks 4
 
-Timelines from different machines share no clock; compare them within a machine only.
+Every argument is checked before anything trains: a bad one ends the command with exit code 2 and
+one line saying what to change. Timelines from different machines share no clock; compare them
+within a machine only.
 """
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 
@@ -27,70 +30,238 @@ EPILOG = """launchers:
   torchrun --standalone --nproc-per-node=K -m minilocal train ...
   torchrun --nnodes=N --nproc-per-node=P --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT \\
            --rdzv-id=ID -m minilocal train ...  (on every node; N x P = number of stages)
+  Under torchrun each worker exits when its agent dies and a lost peer ends the run within
+  --timeout. torchrun still decides restarts (--max-restarts) and, after its workers succeed,
+  waits up to 300 s for the other nodes' agents (its exit barrier).
 """
+PLANS = ("greedy", "overlapping", "chunked", "backprop")
+# options that only some plans or runners read: giving them elsewhere is refused, not ignored
+PLAN_ONLY = {"chunks": ("chunked",), "overlap": ("overlapping", "chunked")}
+DISTRIBUTED_ONLY = ("backend", "device", "window", "timeout")
+LIMITS = {"blocks": (1, 64), "chunks": (1, 64), "overlap": (0, 63), "steps": (1, 10 ** 9),
+          "batch_size": (1, 2 ** 16), "width": (1, 2 ** 16), "delay": (0, 10 ** 9),
+          "seed": (0, 2 ** 31 - 1), "window": (1, 1024)}
+MAX_LR = 10.0          # Adam diverges long before this: a larger value is a typo
+MAX_TIMEOUT_S = 86400.0
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="python -m minilocal", epilog=EPILOG,
-                                     description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (exit code 2), pointing to --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and "default" not in text and action.default is not None \
+                and action.default is not argparse.SUPPRESS:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _int(name):
+    low, high = LIMITS[name]
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int in [{low}, {high}], got {text!r}") \
+                from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an int in [{low}, {high}], got {value}")
+        return value
+    return parse
+
+
+def _positive(name, high, hint):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and 0 < value <= high):
+            raise argparse.ArgumentTypeError(f"must be a finite number in (0, {high:g}], got "
+                                             f"{text!r}; {hint}")
+        return value
+    parse.__name__ = name
+    return parse
+
+
+def _train_parser(commands, defaults):
+    def add(flag, default, **kw):
+        kw.setdefault("type", _int(flag[2:].replace("-", "_")) if isinstance(default, int)
+                      and "choices" not in kw else None)
+        kw = {k: v for k, v in kw.items() if v is not None}
+        p.add_argument(flag, default=default if defaults else argparse.SUPPRESS, **kw)
+
     p = commands.add_parser("train", help="train with local updates (one process per stage)",
-                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--plan", choices=["greedy", "overlapping", "chunked", "backprop"],
-                   default="greedy", help="who trains what (default: greedy)")
-    p.add_argument("--blocks", type=int, default=4, help="number of blocks (default: 4)")
-    p.add_argument("--chunks", type=int, default=2, help="stages of a chunked plan (default: 2)")
-    p.add_argument("--overlap", type=int, default=1, help="overlap of an overlapping plan")
-    p.add_argument("--runner", choices=["distributed", "simulator", "sequential"],
-                   default="distributed", help="how to run the stages (default: distributed)")
-    p.add_argument("--steps", type=int, default=200, help="training steps (default: 200)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
-    p.add_argument("--width", type=int, default=128, help="MLP width (default: 128)")
-    p.add_argument("--delay", type=int, default=0,
-                   help="steps late an overlap message is applied (0 = synchronous)")
-    p.add_argument("--data", choices=["mnist1d", "random"], default="mnist1d",
-                   help="training data (default: mnist1d, generated offline)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and batches")
-    p.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto")
-    p.add_argument("--device", choices=["auto", "cpu"], default="auto",
-                   help="auto: GPUs when present; cpu: every stage on the CPU")
-    p.add_argument("--window", type=int, default=2, help="messages in flight per link")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds a message may take")
-    p.add_argument("--out", help="write history, timeline and stats to this JSON file")
+                            epilog=EPILOG, formatter_class=Formatter, allow_abbrev=False)
+    add("--plan", "greedy", choices=PLANS, help="who trains what")
+    add("--blocks", 4, help="number of blocks")
+    add("--chunks", 2, help="stages of a chunked plan (--plan chunked only)")
+    add("--overlap", None, type=_int("overlap"),
+        help="blocks before a stage that its loss also trains (--plan overlapping, default 1; "
+             "--plan chunked, default 0)")
+    add("--runner", "distributed", choices=["distributed", "simulator", "sequential"],
+        help="how to run the stages: one process each, a simulated schedule, or in order")
+    add("--steps", 200, help="training steps")
+    add("--batch-size", 128, help="examples per step")
+    add("--lr", 1e-3, type=_positive("lr", MAX_LR, "Adam's usual range is 1e-4 to 1e-2"),
+        help="Adam learning rate")
+    add("--width", 128, help="MLP width")
+    add("--delay", 0, help="steps late an overlap message is applied (0 = synchronous; plans "
+                           "with overlap, runner simulator or distributed)")
+    add("--data", "mnist1d", choices=["mnist1d", "random"],
+        help="training data: MNIST-1D (generated offline) or a random linear teacher")
+    add("--seed", 0, help="seed for weights and batches")
+    add("--backend", "auto", choices=["auto", "gloo", "nccl"],
+        help="how stages exchange messages (--runner distributed): auto picks NCCL when every "
+             "process on a node has its own GPU, else gloo; gloo sends CPU tensors (stages on GPUs "
+             "stage through host memory); nccl needs one GPU per process")
+    add("--device", "auto", choices=["auto", "cpu"],
+        help="auto: GPUs when present; cpu: every stage on the CPU (--runner distributed)")
+    add("--window", 2, help="messages in flight per link (--runner distributed)")
+    add("--timeout", 60.0, type=_positive("timeout", MAX_TIMEOUT_S, "give seconds, e.g. 60"),
+        help="seconds a message may take before the run stops with an error naming the stage "
+             "(--runner distributed)")
+    add("--out", None, help="write history, test accuracy, timeline and stats to this JSON file "
+                            "(default: none, print only)")
+    return p
+
+
+def _parser(defaults=True):
+    parser = Parser(prog="python -m minilocal", epilog=EPILOG, description=__doc__.split("\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    parser.train = _train_parser(commands, defaults)  # its prog names the command in errors
     return parser
 
 
-def _job(args):
+def _explicit(argv):
+    """The options given on the command line (not defaulted)."""
+    return set(vars(_parser(defaults=False).parse_args(argv))) - {"command"}
+
+
+def _check_applicable(args, given, under_torchrun):
+    """Refuse options the chosen plan or runner would ignore; returns the overlap to use."""
+    for name, plans in PLAN_ONLY.items():
+        if name in given and args.plan not in plans:
+            return (f"--{name} applies to --plan {' or '.join(plans)}, not --plan {args.plan}; "
+                    f"drop it")
+    overlap = args.overlap if args.overlap is not None else int(args.plan == "overlapping")
+    if "delay" in given and (args.plan not in PLAN_ONLY["overlap"] or overlap == 0):
+        return (f"--delay applies only to plans with overlap (--plan overlapping, or --plan "
+                f"chunked with --overlap >= 1), not {args.plan} with overlap {overlap}; drop it")
+    if args.runner == "sequential" and args.delay:
+        return (f"--runner sequential is synchronous; --delay {args.delay} needs --runner "
+                f"simulator or distributed")
+    if args.runner != "distributed":
+        for name in DISTRIBUTED_ONLY:
+            if name in given:
+                return (f"--{name} applies to --runner distributed, not --runner "
+                        f"{args.runner}; drop it")
+    if under_torchrun and args.runner != "distributed":
+        return "under torchrun every process is one stage: use --runner distributed"
+    return overlap
+
+
+def _check_out(path):
+    from .data import check_writable
+
+    try:
+        check_writable(path, "--out", example="run.json")
+    except OSError as e:
+        return str(e)
+    return None
+
+
+def _job(args, overlap):
     from . import Plan, models
     from .runtime import Job, ModelSpec, RandomBatches, adam, mnist1d_batches
 
     plan = {"greedy": lambda: Plan.greedy(args.blocks),
-            "overlapping": lambda: Plan.overlapping(args.blocks, args.overlap),
-            "chunked": lambda: Plan.chunked(args.blocks, args.chunks),
+            "overlapping": lambda: Plan.overlapping(args.blocks, overlap),
+            "chunked": lambda: Plan.chunked(args.blocks, args.chunks, overlap),
             "backprop": lambda: Plan.backprop(args.blocks)}[args.plan]()
+    if args.data == "mnist1d":
+        from .data import mnist1d
+
+        n = len(mnist1d()["x"])
+        if args.batch_size > n:
+            raise ValueError(f"--batch-size {args.batch_size} is larger than the {n} MNIST-1D "
+                             f"training examples; use at most {n}")
     batches = mnist1d_batches(args.batch_size, args.seed) if args.data == "mnist1d" else \
         RandomBatches(args.batch_size, seed=args.seed)
     model = ModelSpec(models.mlp, {"width": args.width, "seed": args.seed}, args.seed)
     return Job(model, plan, batches, functools.partial(adam, lr=args.lr), args.steps, args.delay)
 
 
+def _check_world(args, job, under_torchrun):
+    """The processes a distributed run needs exist (or can): one per stage, GPUs for NCCL."""
+    from .runtime.distributed import Options
+
+    if args.runner != "distributed":
+        return None
+    K = job.plan.n_stages
+    Options(args.backend, args.window, args.timeout, device=args.device)  # ValueError if not
+    if under_torchrun and int(os.environ["WORLD_SIZE"]) != K:
+        return (f"the plan has {K} stages but torchrun started {os.environ['WORLD_SIZE']} "
+                f"processes; start one per stage (nodes x --nproc-per-node = {K})")
+    if args.backend == "nccl":
+        import torch
+
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", K))
+        if torch.cuda.device_count() < per_node:
+            return (f"--backend nccl needs one GPU per process: {per_node} process(es) on this "
+                    f"node but {torch.cuda.device_count()} GPU(s); use --backend auto or gloo")
+    return None
+
+
+def _test_set(args, job):
+    """Held-out examples: MNIST-1D's test split, or fresh draws from the random teacher."""
+    import torch
+
+    if args.data == "mnist1d":
+        from .data import mnist1d
+
+        data = mnist1d()
+        return torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"]), "MNIST-1D test"
+    x, y = job.batches.held_out(1000)
+    return x, y, "held-out random"
+
+
 def _report(args, job, result):
     from .runtime import utilization
+    from .train import evaluate
 
     K = job.plan.n_stages
     where = f"{K} process(es)" if args.runner == "distributed" else f"the {args.runner} runner"
     print(f"{job.plan!r} on {where}: {job.n_steps} steps in {result.wall:.2f} s")
+    x, y, name = _test_set(args, job)
+    test_loss, test_acc = evaluate(result.load_into(job.build()), x, y)
     util = utilization(result.timeline, K)
-    print("stage  final loss  utilization")
+    print("stage  final loss  test loss  test acc  utilization")
     for s in range(K):
-        print(f"{s:>5}  {result.history['train_loss'][-1][s]:>10.4f}  {util[s]:>11.0%}")
+        print(f"{s:>5}  {result.history['train_loss'][-1][s]:>10.4f}  {test_loss[s]:>9.4f}  "
+              f"{test_acc[s]:>8.1%}  {util[s]:>11.0%}")
+    print(f"test accuracy of the output head: {test_acc[-1]:.1%} on {len(y)} {name} examples")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"plan": repr(job.plan), "runner": args.runner, "history": result.history,
-                       "timeline": [list(e) for e in result.timeline], "stats": result.stats,
-                       "wall": result.wall}, f)
+        from .data import atomic_write
+
+        record = {"plan": repr(job.plan), "runner": args.runner, "history": result.history,
+                  "test_loss": test_loss, "test_acc": test_acc,
+                  "timeline": [list(e) for e in result.timeline], "stats": result.stats,
+                  "wall": result.wall}
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                json.dump(record, f)
+        atomic_write(args.out, write)
         print(f"wrote {args.out}")
 
 
@@ -101,41 +272,46 @@ def _under_torchrun():
 def train(args, job):
     """Run the Job, print a summary (rank 0 only under torchrun)."""
     from .runtime import run_distributed, run_sequential, simulate
-    from .runtime.distributed import Options, merge, worker
+    from .runtime.distributed import Options, merge, torchrun_worker
 
     if args.runner == "sequential":
         return _report(args, job, run_sequential(job, progress=True))
     if args.runner == "simulator":
         return _report(args, job, simulate(job, "measure"))
     if _under_torchrun():
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         opts = Options(args.backend, args.window, args.timeout, device=args.device)
-        parts = worker(rank, world, [job], opts, gather=True)
-        if rank == 0:
+        parts = torchrun_worker([job], opts)
+        if parts is not None:
             _report(args, job, merge([p[0] for p in parts], job))
         return None
     return _report(args, job, run_distributed(job, args.backend, args.window, args.timeout,
-                                              device=args.device))
+                                              device=args.device, progress=True))
 
 
 def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
-    for name in ("blocks", "steps", "batch_size", "width", "window"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    parser = _parser().train
+    torchrun = _under_torchrun()
+    overlap = _check_applicable(args, _explicit(argv), torchrun)
+    if isinstance(overlap, str):
+        parser.error(overlap)
+    problem = args.out and _check_out(args.out)
+    if problem:
+        parser.error(problem)
     try:
-        job = _job(args)
+        job = _job(args, overlap)
+        problem = _check_world(args, job, torchrun)
     except (ValueError, TypeError) as e:  # a bad combination (e.g. --chunks > --blocks)
         parser.error(str(e))
-    if args.runner == "sequential" and args.delay:
-        parser.error(f"--runner sequential is synchronous; --delay {args.delay} needs --runner "
-                     f"simulator or distributed")
+    if problem:
+        parser.error(problem)
     from .runtime import WorkerError
+    from .runtime.launch import PeerError
 
     try:
         train(args, job)
-    except WorkerError as e:
+    except (WorkerError, PeerError, FloatingPointError) as e:  # PeerError: a lost torchrun peer
         sys.exit(f"python -m minilocal: {e}")
     except KeyboardInterrupt:
         sys.exit(130)

@@ -13,6 +13,11 @@ def dtype_name(dtype):
 def check_input(stage, x):
     """A floating input must match the stage's parameter dtype (integer token ids pass)."""
     want = stage.dtype
+    if want is not None and x.is_floating_point() and x.dtype != want and stage.index > 0:
+        raise TypeError(f"stage {stage.index} expects {dtype_name(want)} input (its weights' "
+                        f"dtype) but stage {stage.index - 1} gives it {dtype_name(x.dtype)}; "
+                        f"every stage of a net must share one dtype: convert them all, e.g. "
+                        f"net.to(torch.{dtype_name(x.dtype)})")
     if want is not None and x.is_floating_point() and x.dtype != want:
         raise TypeError(f"stage {stage.index} expects {dtype_name(want)} input, got {dtype_name(x.dtype)}; "
                         f"convert the input with x.to(torch.{dtype_name(want)}) or the model with "
@@ -25,14 +30,82 @@ def check_finite(stage, loss):
                                  f"stopped before the update. Lower the lr or check the inputs")
 
 
-def check_labels(stage, logits, y):
+def check_targets(stage, logits, y):
+    """Labels cross_entropy can pair with the head's logits: integer class indices whose shape is
+    the logits' without the class axis. Free (no device sync): it runs on every step."""
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
         raise TypeError(f"stage {stage.index}: labels must be integer class indices, got dtype "
                         f"{dtype_name(y.dtype)}; convert with y.long()")
-    n_classes = logits.shape[-1]
+    if logits.ndim < 2:
+        raise ValueError(f"stage {stage.index}: head {stage.index} returned logits of shape "
+                         f"{tuple(logits.shape)}; a classifier head must return scores (B, C), one "
+                         f"per class (e.g. end it with nn.Linear(d, n_classes)), or (B, T, C)")
+    want = tuple(logits.shape[:-1])
+    if tuple(y.shape) != want:
+        hint = ""
+        if y.ndim == logits.ndim and y.shape[-1] == 1:
+            hint = "; drop the extra axis with y.squeeze(-1)"
+        elif y.ndim == logits.ndim and y.shape[-1] == logits.shape[-1]:
+            hint = "; they look one-hot: use y.argmax(-1)"
+        raise ValueError(f"stage {stage.index}: labels of shape {tuple(y.shape)} do not fit logits "
+                         f"of shape {tuple(logits.shape)}; they must have shape {want}, one class "
+                         f"index per {'position' if logits.ndim > 2 else 'example'}{hint}")
+
+
+def check_labels(stage, logits, y):
+    """Integer labels in [0, C) for a head with C outputs (the range costs a device sync)."""
+    check_targets(stage, logits, y)
+    check_label_range(stage, logits.shape[-1], y)
+
+
+def check_label_range(stage, n_classes, y, name="labels"):
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"stage {stage.index}: labels must lie in [0, {n_classes - 1}] for a head "
+        raise ValueError(f"stage {stage.index}: {name} must lie in [0, {n_classes - 1}] for a head "
                          f"with {n_classes} outputs, got min {int(y.min())}, max {int(y.max())}")
+
+
+def check_batch_size(where, x):
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"{where}: the batch is empty (x: {tuple(x.shape)}); a step needs at "
+                         f"least one example along the first axis (check the batch size)")
+
+
+def _embedding(block):
+    return next((m for m in block.modules() if isinstance(m, nn.Embedding)), None)
+
+
+def check_token_ids(stage, i, block, x):
+    """Integer inputs of a block that embeds them must be rows of its (first) nn.Embedding."""
+    emb = _embedding(block)
+    if emb is None or x.is_floating_point() or not x.numel():
+        return
+    low, high = int(x.min()), int(x.max())
+    if low < 0 or high >= emb.num_embeddings:
+        raise ValueError(f"stage {stage.index}, block {i} of the stage ({type(block).__name__}): "
+                         f"token ids must lie in [0, {emb.num_embeddings - 1}] for its "
+                         f"nn.Embedding of {emb.num_embeddings} rows, got min {low}, max {high}; "
+                         f"build the model with vocab_size >= {high + 1} (the tokenizer's "
+                         f"vocab_size) or encode "
+                         f"the text with the tokenizer the model was built for")
+
+
+def block_failure(stage, i, block, x, error):
+    """The exception to raise when block i of a stage fails on x: the likely cause, named."""
+    where = f"stage {stage.index}, block {i} of the stage ({type(block).__name__})"
+    check_token_ids(stage, i, block, x)
+    param = next((p for p in block.parameters() if p.is_floating_point()), None)
+    if param is not None and param.dtype != x.dtype and _embedding(block) is None:
+        if not x.is_floating_point():
+            return TypeError(f"{where} has {dtype_name(param.dtype)} weights but got "
+                             f"{dtype_name(x.dtype)} input; integer inputs fit only a block that "
+                             f"embeds them (nn.Embedding): convert the input with "
+                             f"x.to(torch.{dtype_name(param.dtype)})")
+        return TypeError(f"{where} has {dtype_name(param.dtype)} weights but its input is "
+                         f"{dtype_name(x.dtype)}; every block and head of a net must share one "
+                         f"dtype: convert them all, e.g. net.to(torch.{dtype_name(x.dtype)})")
+    return RuntimeError(f"{where} failed on an input of shape {tuple(x.shape)}, dtype "
+                        f"{dtype_name(x.dtype)}: {error}. Check that each block's output shape is "
+                        f"the next block's input shape.")
 
 
 def check_devices(devices, n_stages):

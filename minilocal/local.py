@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .guards import (check_devices, check_finite, check_input, check_labels, check_modules,
-                     dtype_name)
+from .guards import (block_failure, check_batch_size, check_devices, check_finite, check_input,
+                     check_label_range, check_labels, check_modules, check_targets,
+                     check_token_ids, dtype_name)
 from .plan import Plan
 
 
@@ -101,13 +102,12 @@ class StepResult:
 def _forward_blocks(stage, x):
     check_input(stage, x)
     for i, block in enumerate(stage.blocks):
+        if stage.device.type == "cuda" and not x.is_floating_point():
+            check_token_ids(stage, i, block, x)  # on a GPU a bad id is an unrecoverable assert
         try:
             x = block(x)
-        except RuntimeError as e:
-            raise RuntimeError(f"stage {stage.index}, block {i} of the stage ({type(block).__name__}) "
-                               f"failed on an input of shape {tuple(x.shape)}, dtype "
-                               f"{dtype_name(x.dtype)}: {e}. Check that each block's output shape is "
-                               f"the next block's input shape.") from e
+        except (RuntimeError, IndexError) as e:  # on CPU, explain only when it fails: no cost
+            raise block_failure(stage, i, block, x, e) from e
     return x
 
 
@@ -115,6 +115,13 @@ def _head(stage, h):
     try:
         return stage.head(h)
     except RuntimeError as e:
+        weights = next((p for p in stage.head.parameters() if p.is_floating_point()), None)
+        if weights is not None and h.is_floating_point() and weights.dtype != h.dtype:
+            raise TypeError(f"stage {stage.index}: head {stage.index} has "
+                            f"{dtype_name(weights.dtype)} weights but the stage's output is "
+                            f"{dtype_name(h.dtype)}; every block and head of a net must share one "
+                            f"dtype: convert them all, e.g. "
+                            f"net.to(torch.{dtype_name(h.dtype)})") from e
         raise RuntimeError(f"stage {stage.index}: head {stage.index} ({type(stage.head).__name__}) "
                            f"failed on the stage's output of shape {tuple(h.shape)}: {e}. The head "
                            f"must accept the output of the stage's last block.") from e
@@ -122,8 +129,10 @@ def _head(stage, h):
 
 def _local_loss(stage, logits, y):
     checked = stage.loss_fn is cross_entropy
-    if checked and stage.device.type != "cpu":
-        check_labels(stage, logits, y)  # on a GPU a bad label is an unrecoverable device assert
+    if checked:
+        check_targets(stage, logits, y)  # dtype and shape: free, so on every step
+        if stage.device.type != "cpu":
+            check_labels(stage, logits, y)  # on a GPU a bad label is an unrecoverable device assert
     try:
         return stage.loss_fn(logits, y)
     except (IndexError, RuntimeError):
@@ -139,6 +148,7 @@ def stage_step(stage, x_in, y, update=True):
     offers the part that belongs to earlier blocks). With ``update`` it also takes the optimizer
     step; a stage that expects a backward message must wait for it (``update=False``).
     """
+    check_batch_size(f"stage {stage.index}", x_in)  # an empty batch has a NaN mean loss
     fast = stage.device.type == "cuda"  # a copy to a GPU is stream-ordered; one to the CPU must wait
     x_in = x_in.to(stage.device, non_blocking=fast).detach()
     y = y.to(stage.device, non_blocking=fast)
@@ -267,10 +277,42 @@ class LocalNet(nn.Module):
             stage.optimizer.load_state_dict(stage.optimizer.state_dict())
         return self
 
+    @staticmethod
+    def _check_pair(x, y):
+        for name, t in (("x", x), ("y", y)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"LocalNet: {name} must be a torch.Tensor, got "
+                                f"{type(t).__name__}; convert with torch.as_tensor({name})")
+        check_batch_size("LocalNet", x)
+        if y.ndim == 0 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"LocalNet: x has {x.shape[0]} examples but y has "
+                             f"{y.shape[0] if y.ndim else 'none (a scalar)'}; they must match "
+                             f"(x: {tuple(x.shape)}, y: {tuple(y.shape)})")
+
+    def check_batch(self, x, y, labels=()):
+        """Run the batch (x, y) through every stage and head as a training step would, with the
+        same checks (counts, dtypes, shapes, label range), but without gradients and without
+        changing the net. ``labels``: more (name, tensor) pairs to check the range of (a whole
+        data set's labels). Returns every stage's output as (shape, dtype)."""
+        self._check_pair(x, y)
+        was_training, specs, h = self.training, [], x
+        self.eval()  # no BatchNorm statistics change, no dropout draw
+        try:
+            with torch.no_grad():
+                for stage in self.stages:
+                    h = _forward_blocks(stage, h.to(stage.device))
+                    logits = _head(stage, h)
+                    if stage.loss_fn is cross_entropy:
+                        check_labels(stage, logits, y.to(stage.device))
+                        for name, more in labels:
+                            check_label_range(stage, logits.shape[-1], more, name)
+                    specs.append((tuple(h.shape), h.dtype))
+        finally:
+            self.train(was_training)
+        return specs
+
     def _run(self, x, y, update):
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"LocalNet: x has {x.shape[0]} examples but y has {y.shape[0]}; "
-                             f"they must match (x: {tuple(x.shape)}, y: {tuple(y.shape)})")
+        self._check_pair(x, y)
         results, h = [], x
         for s, stage in enumerate(self.stages):
             res = stage_step(stage, h, y, update=update and not stage.keep_graph)

@@ -140,4 +140,8 @@ def load_text(path):
                          f"UTF-8") from None
     if not text:
         raise ValueError(f"load_text: {str(path)!r} is empty; the LM needs some text to learn from")
+    if "\x00" in text:  # valid UTF-8, but no text file holds NUL characters: a binary file
+        raise ValueError(f"load_text: {str(path)!r} contains NUL characters ({text.count(chr(0))} "
+                         f"of {len(text)}, the first at position {text.index(chr(0))}): it is a "
+                         f"binary file, not text; pass a UTF-8 text file")
     return text

@@ -6,17 +6,22 @@ x and y (N, T) token ids. History format (shared with ``minilocal.numpy_core.tra
 lists, one entry per evaluation ``step``; ``train_loss``, ``test_loss`` and ``test_acc`` hold one
 value per stage (the last is the output head).
 
+Everything is checked before the first step: the data against the net (one checked dry run of a
+training and a test batch, every label's range) and the checkpoint path (writable).
+
 A checkpoint holds everything the next step depends on (weights, every optimizer, the step, the
 batch order, the RNG states, the history), so an interrupted run resumed from it ends bitwise
-where the uninterrupted run would. It is written atomically and read with ``weights_only=True``.
+where the uninterrupted run would (``checkpoint.py``: written atomically, verified on reading).
 """
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import atomic_write
+from .checkpoint import data_hash, read_checkpoint, recipe_of, write_checkpoint
+from .data import check_writable
 from .local import LocalNet
 
 HISTORY_KEYS = ("step", "train_loss", "test_loss", "test_acc")
@@ -48,10 +53,22 @@ def _set_lr(net, factor, step):
 
 
 def _tensors(data):
+    if not isinstance(data, Mapping):
+        raise TypeError(f"fit: data must be a dict with keys x, y, x_test, y_test (e.g. "
+                        f"minilocal.data.mnist1d()), got {type(data).__name__}")
     missing = [k for k in ("x", "y", "x_test", "y_test") if k not in data]
     if missing:
         raise KeyError(f"fit: data must be a dict with keys x, y, x_test, y_test; missing {missing}")
-    out = [torch.as_tensor(data[k]) for k in ("x", "y", "x_test", "y_test")]
+    out = []
+    for k in ("x", "y", "x_test", "y_test"):
+        try:
+            out.append(torch.as_tensor(data[k]))
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"fit: data[{k!r}] cannot be made a tensor ({e}); give a numpy array "
+                            f"or a torch tensor with the examples along the first axis") from None
+        if out[-1].ndim == 0:
+            raise ValueError(f"fit: data[{k!r}] is a scalar; give one entry per example along the "
+                             f"first axis")
     for (a, b), name in zip([(out[0], out[1]), (out[2], out[3])], ("", "_test")):
         if len(a) != len(b) or not len(a):
             raise ValueError(f"fit: x{name} has {len(a)} examples and y{name} has {len(b)}; they "
@@ -82,21 +99,12 @@ def evaluate(net, x, y, batch_size=1024):
     return [v / count for v in loss_sum], [c / count for c in correct]
 
 
-def _save(path, state):
-    """torch.save atomically (``data.atomic_write``): a crash never leaves half a checkpoint."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def _plan_of(net):
-    return {"stages": [list(s) for s in net.plan.stages], "overlap": net.plan.overlap}
-
-
-def _load(path, net, batch_size, seed):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key, want in (("plan", _plan_of(net)), ("batch_size", batch_size), ("seed", seed)):
-        if state[key] != want:
-            raise ValueError(f"fit: checkpoint {path} was written with {key}={state[key]}, this run "
-                             f"has {key}={want}; resume with the same settings or use a new path")
+def _load(path, net, recipe, steps):
+    """Resume state from a verified checkpoint of this very run (CheckpointError otherwise)."""
+    state = read_checkpoint(path, recipe)
+    if state["step"] > steps:
+        raise ValueError(f"fit: checkpoint {path} is at step {state['step']}, past steps={steps}; "
+                         f"ask for at least {state['step']} steps")
     net.load_state_dict(state["model"])
     for stage, opt_state, count in zip(net.stages, state["optimizers"], state["stage_steps"]):
         stage.optimizer.load_state_dict(opt_state)  # casts state onto the parameters' devices
@@ -105,6 +113,13 @@ def _load(path, net, batch_size, seed):
     if torch.cuda.is_available() and state["rng"]["cuda"]:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state
+
+
+def _preflight(net, x, y, x_test, y_test):
+    """One checked dry run of a training and a test batch, and every label's range: a bad input
+    fails here, before any step, and not at the first evaluation after training."""
+    net.check_batch(x[:2], y[:2], labels=(("y", y), ("y_test", y_test)))
+    net.check_batch(x_test[:2], y_test[:2])
 
 
 def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, eval_every=100,
@@ -125,6 +140,8 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     if not isinstance(net, LocalNet):
         raise TypeError(f"fit: net must be a minilocal.LocalNet, got {type(net).__name__}")
     x, y, x_test, y_test = _tensors(data)
+    # the data set's hash, before any dtype or device change
+    digest = None if checkpoint is None else data_hash([x, y, x_test, y_test])
     n = len(x)
     for name, value in (("batch_size", batch_size), ("eval_every", eval_every),
                         ("eval_batch_size", eval_batch_size), ("checkpoint_every", checkpoint_every)):
@@ -138,6 +155,8 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     steps = steps if epochs is None else epochs * (n // batch_size)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"fit: the number of steps must be a positive int, got {steps!r}")
+    if checkpoint is not None:
+        check_writable(checkpoint, "fit: checkpoint")
     if device is not None:
         if device == "auto":
             from .devices import device as pick
@@ -148,6 +167,7 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     if x.is_floating_point() and first.dtype is not None:  # data follows the model, like numpy's train
         x, x_test = x.to(first.dtype), x_test.to(first.dtype)
     x, y = x.to(first.device), y.to(first.device)  # the whole (small) training set moves once
+    _preflight(net, x, y, x_test, y_test)
     schedule = _schedule(lr_schedule, steps)
     for stage in net.stages:
         for group in stage.optimizer.param_groups:
@@ -158,19 +178,17 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     torch.manual_seed(seed)  # dropout and other randomness inside the model
     history = {key: [] for key in HISTORY_KEYS}
     running, order, pos, start = [], torch.randperm(n, generator=gen), 0, 0
+    recipe = None if checkpoint is None else recipe_of(net, batch_size, seed, digest)
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = _load(checkpoint, net, batch_size, seed)
-        if state["step"] > steps:
-            raise ValueError(f"fit: checkpoint {checkpoint} is at step {state['step']}, past steps="
-                             f"{steps}; ask for at least {state['step']} steps")
+        state = _load(checkpoint, net, recipe, steps)
         gen.set_state(state["rng"]["batches"])
         history, running, order, pos, start = (state["history"], state["running"], state["order"],
                                                state["pos"], state["step"])
 
     def save(step):
-        _save(checkpoint, {
-            "plan": _plan_of(net), "batch_size": batch_size, "seed": seed, "step": step,
-            "model": net.state_dict(), "optimizers": [s.optimizer.state_dict() for s in net.stages],
+        write_checkpoint(checkpoint, recipe, {
+            "step": step, "model": net.state_dict(),
+            "optimizers": [s.optimizer.state_dict() for s in net.stages],
             "stage_steps": [s.step_count for s in net.stages], "history": history,
             "running": running, "order": order, "pos": pos,
             "rng": {"torch": torch.get_rng_state(), "batches": gen.get_state(),

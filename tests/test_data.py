@@ -1,4 +1,5 @@
 """Data: MNIST-1D, tensors, CIFAR-10 files on disk, the generated corpus, tokenizer, LM windows."""
+import os
 import pickle
 import re
 
@@ -214,3 +215,87 @@ def test_load_text_errors(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     with pytest.raises(ValueError, match="is not UTF-8 text"):
         load_text(tmp_path / "latin1.txt")
+
+
+# --- files that verify themselves --------------------------------------------------------------
+def test_a_corrupt_mnist1d_cache_is_reported_with_its_path_and_regenerated(monkeypatch, tmp_path):
+    from minilocal import data
+
+    monkeypatch.setenv("MINILOCAL_CACHE", str(tmp_path))
+    data._mnist1d_arrays.cache_clear()
+    fresh = data._mnist1d_arrays(100, 3)
+    (path,) = tmp_path.glob("mnist1d-*.npz")
+    intact = path.read_bytes()
+    for damage in (intact[:len(intact) // 2], intact[:-300] + bytes(300), b""):
+        path.write_bytes(damage)
+        data._mnist1d_arrays.cache_clear()
+        with pytest.warns(RuntimeWarning, match=re.escape(f"the cached data {path} is corrupt")):
+            again = data._mnist1d_arrays(100, 3)
+        assert all(np.array_equal(again[k], fresh[k]) for k in fresh)
+        data._mnist1d_arrays.cache_clear()
+        assert all(np.array_equal(data._mnist1d_arrays(100, 3)[k], fresh[k]) for k in fresh)
+    data._mnist1d_arrays.cache_clear()
+
+
+def test_a_write_killed_midway_leaves_a_temporary_that_the_next_write_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from minilocal.data import atomic_write
+
+    target = tmp_path / "results.json"
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import time; from minilocal.data import atomic_write\n"
+        "def slow(tmp):\n"
+        "    open(tmp, 'w').write('{\"half\": ')\n"
+        "    time.sleep(60)\n"
+        f"atomic_write({str(target)!r}, slow)\n")])
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("results.json.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    (stale,) = tmp_path.glob("results.json.*.tmp")
+    assert not target.exists()
+    live = tmp_path / f"results.json.{os.getpid()}.other.tmp"  # a live writer's: kept
+    live.write_text("in progress")
+    atomic_write(target, lambda tmp: open(tmp, "w").write("{}"))
+    assert target.read_text() == "{}" and not stale.exists() and live.exists()
+
+
+def write_fake_cifar_bin(folder, raw):
+    folder.mkdir(parents=True)
+    for name in CIFAR10_FILES:
+        data, labels = raw[name]
+        records = np.concatenate([np.asarray(labels, np.uint8)[:, None], data], axis=1)
+        (folder / f"{name}.bin").write_bytes(records.tobytes())
+
+
+def test_cifar10_binary_version_equals_the_python_version(monkeypatch, tmp_path):
+    isolate_cifar_search(monkeypatch, tmp_path)
+    raw = write_fake_cifar(tmp_path / "py" / "cifar-10-batches-py")
+    write_fake_cifar_bin(tmp_path / "bin" / "cifar-10-batches-bin", raw)
+    from_py, from_bin = cifar10(root=tmp_path / "py"), cifar10(root=tmp_path / "bin")
+    assert all(np.array_equal(from_py[k], from_bin[k]) for k in from_py)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar10_python_batches_of_any_protocol_load_but_code_never_runs(monkeypatch, tmp_path,
+                                                                        protocol):
+    from minilocal.data import read_cifar_batch
+
+    images = np.arange(2 * 3072, dtype=np.uint32).astype(np.uint8).reshape(2, 3072)
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps({b"data": images, b"labels": [3, 4]}, protocol=protocol))
+    x, y = read_cifar_batch(path)
+    assert np.array_equal(x.reshape(2, -1), images) and y.tolist() == [3, 4]
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+    path.write_bytes(pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=protocol))
+    with pytest.raises(ValueError, match=r"asks for \w+\.system, which a data file never needs"):
+        read_cifar_batch(path)
+    assert not (tmp_path / "ran").exists()

@@ -2,6 +2,7 @@
 schedules, the pipeline schedule model, timelines and plots, the CLI. No process is started."""
 import functools
 import json
+import re
 import sys
 import types
 
@@ -17,11 +18,12 @@ from minilocal import Plan, models  # noqa: E402
 from minilocal.__main__ import main  # noqa: E402
 from minilocal.local import stage_step  # noqa: E402
 from minilocal.runtime import (ArrayBatches, Event, Job, ModelSpec, RandomBatches,  # noqa: E402
-                               makespan, measure_costs, plot_timelines, plot_utilization,
+                               adam, makespan, measure_costs, plot_timelines, plot_utilization,
                                run_distributed, run_pipeline, run_sequential, schedule_timeline,
                                sgd, simulate, utilization)
 from minilocal.runtime.distributed import Options  # noqa: E402
 from minilocal.runtime.timeline import as_timeline, fill_idle  # noqa: E402
+from minilocal.train import evaluate  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -236,9 +238,38 @@ def test_cli_trains_and_writes_json(tmp_path, capsys):
           "--out", str(out)])
     text = capsys.readouterr().out
     assert "4 steps" in text and "utilization" in text
+    assert re.search(r"test accuracy of the output head: \d+\.\d% on 1000 held-out random", text)
     saved = json.loads(out.read_text())
     assert len(saved["history"]["train_loss"]) == 4 and len(saved["history"]["train_loss"][0]) == 3
     assert {e[1] for e in saved["timeline"]} >= {"forward", "backward", "update"}
+    assert len(saved["test_acc"]) == 3 and all(0 <= a <= 1 for a in saved["test_acc"])
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # written atomically
+
+
+def test_cli_test_accuracy_is_the_output_heads_on_held_out_data(capsys):
+    main(["train", "--runner", "sequential", "--blocks", "2", "--steps", "3", "--data", "random",
+          "--width", "8", "--batch-size", "8", "--seed", "1"])
+    text = capsys.readouterr().out
+    job = Job(ModelSpec(models.mlp, {"width": 8, "seed": 1}, 1), Plan.greedy(2),
+              RandomBatches(8, seed=1), functools.partial(adam, lr=1e-3), 3)
+    net = run_sequential(job).load_into(job.build())
+    x, y = job.batches.held_out(1000)
+    acc = evaluate(net, x, y)[1][-1]
+    assert f"test accuracy of the output head: {acc:.1%} on 1000 held-out random" in text
+    assert not any(torch.equal(x[:8], job.batches(t)[0]) for t in range(3))  # unseen examples
+
+
+def test_cli_help_shows_every_default_and_explains_the_backend(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out.split("\nlaunchers:")[0]
+    blocks = [" ".join(b.split()) for b in
+              re.split(r"\n  (?=--)", text.split("show this help message and exit")[1])[1:]]
+    assert len(blocks) == 17
+    for block in blocks:
+        assert "default" in block, block
+    backend = next(b for b in blocks if b.startswith("--backend"))
+    assert "NCCL" in backend and "gloo" in backend and "one GPU per process" in backend
 
 
 def test_cli_help_documents_torchrun_and_rejects_bad_plans(capsys):
@@ -270,7 +301,8 @@ def test_sequential_runner_refuses_a_delayed_job():
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--runner", "sequential", "--plan", "overlapping", "--delay", "1"])
     assert exit_.value.code == 2
-    assert measure_costs(job, n_steps=1)["forward"]  # costs of a delayed job are still measurable
+    forward = measure_costs(job, n_steps=1)["forward"]  # costs of a delayed job are still measurable
+    assert len(forward) == 2 and all(c > 0 for c in forward)
 
 
 def test_simulate_names_the_costs_it_was_given():
@@ -292,3 +324,10 @@ def test_results_carry_batchnorm_statistics_and_load_back_exactly():
     other = make_job(Plan.greedy(2)).build()
     with pytest.raises(ValueError, match="these weights do not fit this net"):
         run.load_into(other)
+
+
+def test_a_job_over_large_arrays_passes_the_pickling_check():
+    # arrays over 64 KiB pickle out of band (PickleBuffer): the check must not choke on them
+    x = np.zeros((5000, 40), np.float32)  # 800 KB
+    job = make_job(Plan.greedy(2)).replace(batches=ArrayBatches(x, np.zeros(5000, np.int64), batch_size=16))
+    job.check_portable("run_distributed")

@@ -254,3 +254,34 @@ def test_bad_data_is_named(toy_data):
                                       "y_test": toy_data["y_test"][:0]}, steps=1)
     with pytest.raises(TypeError, match="net must be a minilocal.LocalNet, got Linear"):
         fit(nn.Linear(40, 3), toy_data, steps=1)
+
+
+def test_a_damaged_checkpoint_never_resumes_silently(toy_data, tmp_path):
+    from minilocal.checkpoint import CheckpointError
+
+    kwargs = dict(steps=4, batch_size=32, progress=False)
+    path = tmp_path / "run.pt"
+    fit(net_for(Plan.greedy(2)), toy_data, steps=2, batch_size=32, checkpoint=path, progress=False)
+    intact = path.read_bytes()
+    want = fit(net_for(Plan.greedy(2)), toy_data, checkpoint=path, resume=True, **kwargs)
+    for i in range(40):  # one flipped bit at 40 places spread over the file
+        raw = bytearray(intact)
+        raw[(2 * i + 1) * len(raw) // 80] ^= 1 << (i % 8)
+        path.write_bytes(bytes(raw))
+        try:
+            got = fit(net_for(Plan.greedy(2)), toy_data, checkpoint=path, resume=True, **kwargs)
+        except CheckpointError as e:
+            assert str(path) in str(e)
+        else:  # a bit the zip container never reads (padding): the run is the same
+            assert got == want, i
+
+
+def test_fit_checks_data_and_paths_before_the_first_step(toy_data, tmp_path):
+    net = net_for(Plan.greedy(2))
+    before = [p.clone() for p in net.parameters()]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        fit(net, toy_data, steps=5, checkpoint=tmp_path / "file" / "run.pt", progress=False)
+    with pytest.raises(ValueError, match=r"y_test must lie in \[0, 2\]"):
+        fit(net, {**toy_data, "y_test": toy_data["y_test"] + 5}, steps=5, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))

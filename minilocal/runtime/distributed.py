@@ -15,8 +15,12 @@ with point-to-point messages:
   compare with ``threads=1`` here and ``torch.set_num_threads(1)`` in the reference.)
 
 Receives are posted ahead (``window`` activations, delay + 1 gradients), sends stay in flight up
-to ``window`` deep, every request is waited on, and a receive that does not arrive within
-``timeout`` seconds raises an error naming the stage and its peer.
+to ``window`` deep, every request is waited on, and a message that does not complete within
+``timeout`` seconds raises ``PeerTimeout`` naming the stage and its peer (a lost peer:
+``PeerError``); both count as consequences, so the launcher reports the failing stage first.
+Every stage also beats the launcher's deadline (``launch.beat``), so a stage stuck in a step is
+stopped too. Stage 0, the one that reads the data, runs batch 0 through the whole net with the
+sequential runner's input checks before any message is sent (``shared_specs``).
 
 Devices and backends (``backend="auto"``): gloo on CPU; NCCL with one GPU per process when the
 node has at least as many GPUs as processes; with fewer GPUs, gloo with host staging (a stage
@@ -25,8 +29,17 @@ one GPU). Timelines use each process's clock from a common start barrier.
 
 Launch: ``run_distributed(job)`` from Python or a notebook (``launch.py`` spawns the workers), or
 ``torchrun --nproc-per-node=K -m minilocal train ...`` (see ``python -m minilocal train --help``).
+Under torchrun each worker exits when its agent dies (``watch_parent``), so a killed node leaves
+no orphans and its peers fail within ``timeout`` (measured on loopback, two nodes: the killed
+agent's worker is gone in 0.1-0.3 s, the other node's torchrun exits with an error in ~1.5 s).
+torchrun itself still: restarts the whole group if ``--max-restarts`` > 0 (from step 0: this
+runner keeps no checkpoint); after its workers *succeed*, waits up to 300 s for every other
+agent (its exit barrier, not settable from its command line), so an agent lost after the end
+still costs that wait; and when the agent hosting the c10d store dies, the others stop with a
+RendezvousConnectionError.
 """
 import os
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -34,14 +47,21 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 from .job import Job, RunResult, stage_state
-from .launch import launch
+from .launch import PeerError, PeerTimeout, beat, launch, watch_parent
 from .program import Compute, Send, StepTimer, stage_program
 from .timeline import Event
 
 
 STARTUP_S = 120  # process-group timeout: a loaded machine may take long to start every worker
+
+
+def stall_s(opts):
+    """How long a stage may go without progress: past its own message timeout, so that a peer's
+    timeout (which names the stage it waited for) reports first."""
+    return opts.timeout + max(2.0, 0.25 * opts.timeout)
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,12 @@ class Options:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"run_distributed: threads must be None or an int >= 1, "
                              f"got {self.threads!r}")
+
+
+def gloo_words(error):
+    """gloo's message without its source location and its boilerplate advice."""
+    text = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\] ", "", str(error))
+    return text.split(" This is typically caused")[0]
 
 
 def placement(opts, world):
@@ -120,17 +146,19 @@ class Links:
             self.n_posted[c] += 1
 
     def _wait(self, works, what, peer, kind, step):
+        beat(stall_s(self.opts))
         t_start = time.perf_counter()
         try:
             for work in works:
                 work.wait(timedelta(seconds=self.opts.timeout))
         except RuntimeError as e:
             if "timed out" in str(e).lower():
-                raise TimeoutError(f"stage {self.rank} timed out after {self.opts.timeout:g} s "
-                                   f"waiting to {what} step {step} (peer: stage {peer}); is that "
-                                   f"stage stuck or dead? Slow stages need a larger timeout") from e
-            raise RuntimeError(f"stage {self.rank} could not {what} step {step} (peer: stage "
-                               f"{peer}): {e}") from e
+                raise PeerTimeout(f"stage {self.rank} timed out after {self.opts.timeout:g} s "
+                                  f"waiting to {what} step {step} (peer: stage {peer}); is that "
+                                  f"stage stuck or dead? Slow stages need a larger timeout",
+                                  peer) from e
+            raise PeerError(f"stage {self.rank} could not {what} step {step} (peer: stage "
+                            f"{peer}): {gloo_words(e)}", peer) from e
         t_end = time.perf_counter()
         self.stats[f"{kind}_wait_s"] += t_end - t_start
         self.timeline.append(Event(self.rank, kind, t_start - self.t0, t_end - self.t0, step))
@@ -166,24 +194,16 @@ class Links:
 
 
 def message_specs(net, x, y):
-    """(shape, dtype) of every stage's output for batch (x, y), from a no-grad pass in eval mode,
-    and of the labels y."""
-    shapes, was_training = [], net.training
-    net.eval()  # no BatchNorm statistics change: the dry run must not touch the weights' state
-    with torch.no_grad():
-        for stage in net.stages:
-            x = x.to(stage.device)
-            for block in stage.blocks:
-                x = block(x)
-            shapes.append((tuple(x.shape), x.dtype))
-    net.train(was_training)
-    return shapes, (tuple(y.shape), y.dtype)
+    """(shape, dtype) of every stage's output for batch (x, y), and of the labels y, from a
+    checked dry run (``LocalNet.check_batch``: the sequential runner's input checks)."""
+    return net.check_batch(x, y), (tuple(y.shape), y.dtype)
 
 
-def drive(program, links, timer, rank, t0, timeline):
+def drive(program, links, timer, rank, t0, timeline, on_step=None):
     """Answer the stage program's requests for real; returns its result (the losses)."""
-    value = None
+    value, limit = None, stall_s(links.opts)
     while True:
+        beat(limit)
         try:
             request = program.send(value)
         except StopIteration as done:
@@ -191,6 +211,10 @@ def drive(program, links, timer, rank, t0, timeline):
         if isinstance(request, Compute):
             value, spans = timer.run(request.kind, request.fn)
             timeline.extend(Event(rank, k, a - t0, b - t0, request.step) for k, a, b in spans)
+            if request.kind == "update":
+                beat(limit, steps=1)
+                if on_step is not None:
+                    on_step()
         elif isinstance(request, Send):
             links.send(request.channel, request.value, request.step)
             value = None
@@ -198,35 +222,55 @@ def drive(program, links, timer, rank, t0, timeline):
             value = links.recv(request.channel, request.step)
 
 
-def run_job(rank, world, job, opts, device, staging):
+def shared_specs(rank, net, job):
+    """Stage 0, the one that reads the data, checks batch 0 before any message is sent and
+    tells every stage the message shapes; a bad batch fails there, with the sequential error."""
+    box = [message_specs(net, *job.batches(0))] if rank == 0 else [None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_job(rank, world, job, opts, device, staging, on_step=None):
     """One Job on this rank, inside an initialized process group; returns plain data."""
     if job.plan.n_stages != world:
         raise ValueError(f"the plan has {job.plan.n_stages} stages but {world} processes were "
                          f"started; start one process per stage "
                          f"(torchrun --nproc-per-node={job.plan.n_stages})")
+    beat(STARTUP_S)  # building the net and meeting the others: startup time
     net = job.build([device if s == rank else "cpu" for s in range(world)])
     stage = net.stages[rank]
-    specs = message_specs(net, *job.batches(0))
+    specs = shared_specs(rank, net, job)
     timer, timeline = StepTimer(stage), []
     dist.barrier()
     t0 = time.perf_counter()
     links = Links(rank, job, specs, opts, device, staging, t0, timeline)
-    losses = drive(stage_program(stage, job), links, timer, rank, t0, timeline)
+    losses = drive(stage_program(stage, job), links, timer, rank, t0, timeline, on_step)
     links.close()
+    beat(STARTUP_S)  # the peers may still be finishing: their own deadlines watch them
     wall = time.perf_counter() - t0
     return {"losses": losses, "timeline": [tuple(e) for e in timeline], "wall": wall,
             "params": stage_state(net, rank), "stats": links.stats}
 
 
-def worker(rank, world, jobs, opts, gather=False):
+def worker(rank, world, jobs, opts, gather=False, progress=False):
     """A stage's process: join the group, run every Job, optionally gather all ranks' results on
-    rank 0 (torchrun), barrier, leave. The rendezvous comes from the environment."""
+    rank 0 (torchrun, where rank 0 also shows a progress bar), barrier, leave. The rendezvous
+    comes from the environment."""
+    beat(STARTUP_S)
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
     backend, device, staging = placement(opts, world)
     dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
                             rank=rank, world_size=world,
                             device_id=device if backend == "nccl" else None)
-    parts = [run_job(rank, world, job, opts, device, staging) for job in jobs]
+    # a bar only where it is shown: any tqdm makes a lock that a killed worker would leak
+    bar = tqdm(total=sum(j.n_steps for j in jobs), desc="stage 0") if progress and rank == 0 \
+        else None
+    try:
+        parts = [run_job(rank, world, job, opts, device, staging, bar and bar.update)
+                 for job in jobs]
+    finally:
+        if bar is not None:
+            bar.close()
     for part in parts:
         part["stats"]["backend"] = backend
     if gather:
@@ -236,6 +280,15 @@ def worker(rank, world, jobs, opts, gather=False):
     dist.barrier()  # nobody tears down while a peer still talks to it
     dist.destroy_process_group()
     return parts
+
+
+def torchrun_worker(jobs, opts, progress=True):
+    """This process as one stage under torchrun: dies with its agent, returns rank 0's gathered
+    parts (None on the other ranks)."""
+    watch_parent("torchrun agent")  # a killed agent must not leave its workers training
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    parts = worker(rank, world, jobs, opts, gather=True, progress=progress)
+    return parts if rank == 0 else None
 
 
 def merge(parts, job):
@@ -249,13 +302,15 @@ def merge(parts, job):
                      max(p["wall"] for p in parts))
 
 
-def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, device="auto"):
+def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, device="auto",
+                    progress=False):
     """Run a Job (or a list of Jobs with the same number of stages, one after another in one
     process group) with one process per stage; returns a RunResult (or a list).
 
     threads: torch threads per process (default: cores // K). timeout: seconds any message may
     take. device "cpu" keeps every stage on the CPU where GPUs exist (e.g. to compare bitwise
-    with a CPU run). Raises WorkerError (naming the stage) if a worker fails, dies or times out.
+    with a CPU run). progress: a bar of the steps every stage has finished. Raises WorkerError
+    (the stage that failed first, then what followed) if a worker fails, dies or hangs.
     """
     single = isinstance(jobs, Job)
     jobs = [jobs] if single else list(jobs)
@@ -269,6 +324,15 @@ def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, 
     opts = Options(backend, window, timeout, threads, device)
     for job in jobs:
         job.check_portable("run_distributed")
-    parts = launch(worker, (jobs, opts), world)
+    bar = tqdm(total=sum(j.n_steps for j in jobs), desc="distributed", disable=not progress)
+
+    def show(steps):  # the steps the slowest stage has finished
+        if int(min(steps)) > bar.n:
+            bar.update(int(min(steps)) - bar.n)
+    try:
+        parts = launch(worker, (jobs, opts), world, startup_s=STARTUP_S, progress=show)
+    finally:
+        bar.close()
     results = [merge([parts[r][i] for r in range(world)], job) for i, job in enumerate(jobs)]
     return results[0] if single else results
+

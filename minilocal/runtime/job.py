@@ -6,6 +6,9 @@ seed on any rank, and an optimizer factory (a top-level function or ``functools.
 """
 import dataclasses
 import functools
+import inspect
+import os
+import pickle
 import sys
 from dataclasses import dataclass, field
 
@@ -14,6 +17,26 @@ import torch
 
 from ..local import LocalNet
 from ..plan import Plan
+
+SEED_LIMIT = 2 ** 31
+
+
+EXAMPLES = {"model.fn": "e.g. minilocal.models.mlp", "model.kwargs": "plain values",
+            "optimizer": "e.g. functools.partial(minilocal.runtime.adam, lr=1e-3)",
+            "batches": "e.g. minilocal.runtime.RandomBatches"}
+
+
+class _Discard:
+    """A file that forgets what is written: pickling to it only tests that pickling works."""
+
+    def write(self, data):
+        return memoryview(data).nbytes  # large arrays arrive as a PickleBuffer, which has no len()
+
+
+def check_count(where, name, value, low=1):
+    """``value`` must be an int >= low (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{where}: {name} must be an int >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -40,11 +63,24 @@ class RandomBatches:
     n_classes: int = 10
     seed: int = 0
 
+    def __post_init__(self):
+        for name, low in (("batch_size", 1), ("d_in", 1), ("n_classes", 2), ("seed", 0)):
+            check_count("RandomBatches", name, getattr(self, name), low)
+        if self.seed >= SEED_LIMIT:
+            raise ValueError(f"RandomBatches: seed must be < 2**31, got {self.seed}")
+
     def __call__(self, t):
+        return self._draw(self.seed * 1_000_003 + t + 1, self.batch_size)
+
+    def held_out(self, n=1000):
+        """n examples (x (n, D), y (n,)) from the same teacher that no training step draws."""
+        return self._draw(-(self.seed + 1), n)  # training steps seed with positive numbers only
+
+    def _draw(self, stream, n):
         g = torch.Generator().manual_seed(self.seed)
         teacher = torch.randn(self.d_in, self.n_classes, generator=g)  # (D, C)
-        g.manual_seed(self.seed * 1_000_003 + t + 1)
-        x = torch.randn(self.batch_size, self.d_in, generator=g)       # (B, D)
+        g.manual_seed(stream)
+        x = torch.randn(n, self.d_in, generator=g)                     # (B, D)
         return x, (x @ teacher).argmax(dim=1)
 
 
@@ -57,9 +93,17 @@ class ArrayBatches:
     seed: int = 0
 
     def __post_init__(self):
-        if len(self.x) != len(self.y) or not 1 <= self.batch_size <= len(self.x):
-            raise ValueError(f"ArrayBatches: need len(x) == len(y) and 1 <= batch_size <= len(x); "
-                             f"got {len(self.x)}, {len(self.y)}, batch_size={self.batch_size}")
+        for name in ("x", "y"):
+            if not isinstance(getattr(self, name), np.ndarray):
+                raise TypeError(f"ArrayBatches: {name} must be a numpy array, got "
+                                f"{type(getattr(self, name)).__name__}; convert with np.asarray")
+        check_count("ArrayBatches", "batch_size", self.batch_size)
+        if len(self.x) != len(self.y):
+            raise ValueError(f"ArrayBatches: x has {len(self.x)} examples and y has {len(self.y)}; "
+                             f"they must be the same number")
+        if self.batch_size > len(self.x):
+            raise ValueError(f"ArrayBatches: batch_size {self.batch_size} is larger than the "
+                             f"{len(self.x)} examples; use a batch_size <= {len(self.x)}")
 
     def __call__(self, t):
         per_epoch = len(self.x) // self.batch_size  # a short tail is dropped: every batch is full
@@ -136,18 +180,29 @@ class Job:
         return LocalNet(blocks, heads, self.plan, optimizer=self.optimizer, devices=devices)
 
     def check_portable(self, where):
-        """Refuse recipes that worker processes cannot import: code defined in a notebook."""
+        """Refuse recipes that worker processes cannot rebuild: code defined in a notebook or in
+        a script read from stdin, lambdas and functions nested in other functions."""
         main = sys.modules.get("__main__")
-        if hasattr(main, "__file__"):  # a script: spawned workers re-import it, so all is found
-            return
-        for name, obj in (("model.fn", self.model.fn), ("optimizer", self.optimizer),
-                          ("batches", type(self.batches))):
-            obj = getattr(obj, "func", obj)  # functools.partial
-            if getattr(obj, "__module__", None) == "__main__":
-                raise ValueError(f"{where}: Job.{name} ({getattr(obj, '__name__', obj)!r}) is "
-                                 f"defined in this notebook, and worker processes cannot import "
-                                 f"it; move it into a .py file next to the notebook and import "
-                                 f"it, or use minilocal.models and the runtime's batch sources")
+        importable = os.path.isfile(getattr(main, "__file__", None) or "")  # spawn re-imports it
+        for name, obj in (("model.fn", self.model.fn), ("model.kwargs", self.model.kwargs),
+                          ("optimizer", self.optimizer), ("batches", self.batches)):
+            code = getattr(obj, "func", obj)  # functools.partial
+            code = code if inspect.isroutine(code) or isinstance(code, type) else type(code)
+            label = getattr(code, "__name__", "?")
+            if getattr(code, "__module__", None) == "__main__" and not importable:
+                raise ValueError(f"{where}: Job.{name} ({label!r}) is defined in this notebook "
+                                 f"(or a script read from stdin), and worker processes cannot "
+                                 f"import it; move it into a .py file and import it, or use "
+                                 f"minilocal.models and the runtime's batch sources")
+            try:
+                pickle.Pickler(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+            except Exception as e:  # noqa: BLE001 - every pickling failure means the same
+                nested = "<" in getattr(code, "__qualname__", "")  # <lambda> or <locals>
+                fix = ("a lambda or a function defined inside another function cannot be "
+                       "pickled: define it with def at the top level of a module "
+                       f"({EXAMPLES[name]})" if nested else "give it plain picklable values")
+                raise ValueError(f"{where}: Job.{name} ({label!r}) cannot be sent to the worker "
+                                 f"processes ({type(e).__name__}: {e}); {fix}") from None
 
     def receivers(self):
         """Per stage: how many of its blocks the next stage's loss trains (0: no message)."""

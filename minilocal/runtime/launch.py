@@ -3,33 +3,62 @@
 ``launch(fn, args, nprocs)`` spawns ``fn(rank, nprocs, *args)`` in fresh interpreters (the
 ``spawn`` start method, so it works from a notebook: ``fn`` lives in the package), with the
 rendezvous on 127.0.0.1 and a free port in the environment. Each worker returns plain data
-(lists, numpy arrays), which comes back through a queue. If any worker raises or dies, the
-launcher stops the others (SIGTERM, then SIGKILL) and raises WorkerError naming the stage; on
+(lists, numpy arrays); the worker pickles it itself, so a result that cannot be pickled is
+reported as such, and the bytes come back through a queue.
+
+Every way a worker can end is an outcome: it reports a result, it raises, it dies (a signal, or
+any exit, code 0 included, without a report), or it misses its deadline. A worker that calls
+``beat(within_s)`` promises its next beat within that time; one that misses it is stopped as
+hung. On any failure the launcher stops the others (SIGTERM, then SIGKILL) and raises
+WorkerError: the first cause first (a stage that raised or died on its own), then the peers'
+errors that followed from it (a lost connection, a timed-out message: ``PeerError``). On
 KeyboardInterrupt it does the same and re-raises. Workers ignore SIGINT (the launcher decides)
-and die with their parent on Linux (PR_SET_PDEATHSIG), so even a killed launcher leaves none.
+and die with their parent on Linux (PR_SET_PDEATHSIG), so even a killed launcher leaves none;
+under torchrun ``watch_parent`` does the same for the agent.
 """
 import atexit
 import os
+import pickle
 import queue
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
+from dataclasses import dataclass
 
 import torch.multiprocessing as mp
 
 POLL_S = 0.05      # how often the launcher looks at its workers
 SETTLE_S = 0.5     # after a failure, time to collect the other workers' reports
 STOP_GRACE_S = 2.0  # SIGTERM, then SIGKILL after this
+# gloo's words for a peer that went away: an error with one of them is a consequence, not a cause
+PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "Socket closed", "Connection refused")
+
+_life = None  # in a launched worker: (shared array, rank, nprocs); see launch()
 
 
 class WorkerError(RuntimeError):
-    """A worker raised or died; ``pids`` lists every worker process (all stopped by now)."""
+    """A worker raised, died or hung; ``pids`` lists every worker process (all stopped by now)."""
 
     def __init__(self, message, pids):
         super().__init__(message)
         self.pids = pids
+
+
+class PeerError(RuntimeError):
+    """A stage failed because of another one (a lost connection, a message that never came);
+    ``peer`` is that stage's rank when known."""
+
+    def __init__(self, message, peer=None):
+        super().__init__(message)
+        self.peer = peer
+
+
+class PeerTimeout(PeerError, TimeoutError):
+    """A message from or to a peer did not complete within the timeout."""
 
 
 def free_port():
@@ -37,6 +66,17 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def beat(within_s, steps=0):
+    """In a launched worker: promise the next beat within ``within_s`` seconds and count ``steps``
+    more steps done (the launcher's progress). Elsewhere (torchrun, tests) it does nothing."""
+    if _life is None:
+        return
+    life, rank, nprocs = _life
+    life[nprocs + rank] = within_s
+    life[rank] = time.time() + within_s
+    life[2 * nprocs + rank] += steps
 
 
 def _die_with_parent(parent):
@@ -48,15 +88,48 @@ def _die_with_parent(parent):
         os._exit(1)
 
 
-def _entry(rank, nprocs, port, parent, fn, args, results):
+def watch_parent(what="parent", every_s=0.2):
+    """Exit this process as soon as its parent dies (a daemon thread polls the parent's pid).
+
+    For workers someone else started (torchrun's agent): a thread works however the parent
+    started us, where PR_SET_PDEATHSIG would fire when the parent's starting *thread* ends."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        sys.stderr.write(f"minilocal worker (pid {os.getpid()}): the {what} (pid {parent}) "
+                         f"died; exiting so no orphan keeps training\n")
+        sys.stderr.flush()
+        os._exit(1)
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _is_consequence(e):
+    return isinstance(e, PeerError) or any(sign in str(e) for sign in PEER_SIGNS)
+
+
+def _entry(rank, nprocs, port, parent, fn, args, results, life):
+    global _life
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _life = (life, rank, nprocs)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs))
     try:
-        results.put(("ok", rank, fn(rank, nprocs, *args)))
+        value = fn(rank, nprocs, *args)
+        try:  # pickled here, not in the queue's feeder thread, which would drop the error
+            payload = pickle.dumps(value)
+        except Exception as e:  # noqa: BLE001 - any pickling failure is the same report
+            raise TypeError(f"stage {rank}'s result could not be pickled to send it back "
+                            f"({type(e).__name__}: {e}); return plain data: lists, dicts, "
+                            f"numbers, numpy arrays") from None
+        results.put(("ok", rank, time.time(), payload))
     except BaseException as e:  # noqa: BLE001 - every failure must reach the launcher
-        results.put(("error", rank, f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"))
+        kind = "peer" if _is_consequence(e) else "error"
+        results.put((kind, rank, time.time(),
+                     Failure(f"{type(e).__name__}: {e}", traceback.format_exc(),
+                             getattr(e, "peer", None))))
     # The work is done and reported: flush the report, run the exit handlers (multiprocessing
     # releases its semaphores there), then skip the interpreter's slow teardown of torch.
     results.close()
@@ -84,62 +157,129 @@ def _stop(procs, exit_s):
             p.join()
 
 
-def _describe(rank, pid, exitcode):
+@dataclass(frozen=True)
+class Failure:
+    """A worker's report of its exception: one line, the traceback, the peer it blames."""
+    headline: str
+    traceback: str = ""
+    peer: int = None
+
+
+class _Reports:
+    """What the workers said so far: results, their own errors (causes) and peers' errors."""
+
+    def __init__(self, results):
+        self.results = results
+        self.done, self.causes, self.peers = {}, {}, {}  # rank -> result, rank -> (time, Failure)
+
+    def read(self, wait_s):
+        """Take every report that arrives within ``wait_s`` (at least one look)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                kind, rank, at, value = self.results.get(
+                    timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return
+                continue
+            if kind == "ok":
+                try:
+                    self.done[rank] = pickle.loads(value)
+                except Exception as e:  # noqa: BLE001 - e.g. a class the launcher cannot import
+                    failure = Failure(f"{type(e).__name__} when its result was unpickled here: "
+                                      f"{e}", traceback.format_exc())
+                    self.causes[rank] = (at, failure)
+            else:
+                (self.causes if kind == "error" else self.peers)[rank] = (at, value)
+
+    def heard(self, rank):
+        return rank in self.done or rank in self.causes or rank in self.peers
+
+
+def _describe_exit(rank, pid, exitcode):
     if exitcode < 0:
         return f"stage {rank} (pid {pid}) was killed by {signal.Signals(-exitcode).name}"
-    return (f"stage {rank} (pid {pid}) exited with code {exitcode} before reporting (any "
-            f"traceback it printed is on stderr)")
+    return (f"stage {rank} (pid {pid}) exited with code {exitcode} without reporting a result "
+            f"(an os._exit or a crash in native code; anything it printed is on stderr)")
 
 
-def _failure(procs, errors, results):
-    """Collect what went wrong (deaths first: a peer's error is usually their consequence)."""
-    deadline = time.monotonic() + SETTLE_S
-    while time.monotonic() < deadline:
-        try:
-            kind, rank, value = results.get(timeout=POLL_S)
-        except queue.Empty:
-            continue
-        if kind == "error":
-            errors[rank] = value
-    died = [_describe(r, p.pid, p.exitcode) for r, p in enumerate(procs)
-            if p.exitcode not in (None, 0) and r not in errors]
-    raised = [f"stage {r} raised {msg}" for r, msg in sorted(errors.items())]
-    lines = died + [m.split("\n\n")[0] for m in raised]
-    detail = "\n".join(m for m in raised)
+def _failure(reports, procs, hung):
+    """One message: the first cause first, then what followed; tracebacks at the end."""
+    reports.read(SETTLE_S)
+    now = time.time()
+
+    def raised(found):
+        return [(at, f"stage {r} raised {f.headline}", (r, f.traceback))
+                for r, (at, f) in found.items()]
+    causes = raised(reports.causes)
+    causes += [(now, _describe_exit(r, p.pid, p.exitcode), None) for r, p in enumerate(procs)
+               if p.exitcode is not None and not reports.heard(r)]
+    causes += [(now, msg, None) for msg in hung]
+    if not causes:  # only peers' errors: the stages they blame that are alive and silent
+        blamed = {f.peer for _, f in reports.peers.values()}
+        causes = [(now, f"stage {r} (pid {p.pid}) was still running but silent when its peers "
+                        f"gave up on it: it is likely stuck (or far slower than the timeout)", None)
+                  for r, p in enumerate(procs)
+                  if r in blamed and p.exitcode is None and not reports.heard(r)]
+    ordered = sorted(causes, key=lambda c: c[0]) + sorted(raised(reports.peers), key=lambda c: c[0])
+    lines = [line for _, line, _ in ordered]
+    detail = "\n".join(f"stage {tb[0]} traceback:\n{tb[1]}" for _, _, tb in ordered if tb)
     return (f"distributed run failed: {lines[0]}" + "".join(f"\n  then {m}" for m in lines[1:])
-            + (f"\n\nworker traceback(s):\n{detail}" if detail else ""))
+            + (f"\n\n{detail}" if detail else ""))
 
 
-def launch(fn, args, nprocs, timeout=None):
-    """Run ``fn(rank, nprocs, *args)`` in ``nprocs`` processes; returns their results by rank."""
+def _missed_deadlines(procs, life, reports):
+    now, late, n = time.time(), [], len(procs)
+    for r, p in enumerate(procs):
+        if life[r] and now > life[r] and p.exitcode is None and not reports.heard(r):
+            late.append(f"stage {r} (pid {p.pid}) made no progress for {life[n + r]:g} s: it is "
+                        f"stuck (a step or a wait that never ends) or slower than its timeout "
+                        f"allows (if it is only slow, raise the timeout)")
+    return late
+
+
+def launch(fn, args, nprocs, timeout=None, startup_s=None, progress=None):
+    """Run ``fn(rank, nprocs, *args)`` in ``nprocs`` processes; returns their results by rank.
+
+    timeout: seconds for the whole run (None: no limit). startup_s: seconds a worker may take to
+    its first ``beat`` (None: workers need not beat). progress: called with the list of steps
+    each worker has counted, while the run goes on.
+    """
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
+    # per rank: next deadline (0: none), the seconds it allowed, steps done; written by beat()
+    life = ctx.Array("d", 3 * nprocs, lock=False)
     port = free_port()
     procs = [ctx.Process(target=_entry, daemon=True,
-                         args=(r, nprocs, port, os.getpid(), fn, args, results))
+                         args=(r, nprocs, port, os.getpid(), fn, args, results, life))
              for r in range(nprocs)]
     pids, finished = [], False
+    reports = _Reports(results)
     try:
-        for p in procs:
+        for r, p in enumerate(procs):
+            if startup_s is not None:
+                life[r], life[nprocs + r] = time.time() + startup_s, startup_s
             p.start()
             pids.append(p.pid)
-        done, errors = {}, {}
         deadline = None if timeout is None else time.monotonic() + timeout
-        while len(done) < nprocs:
-            try:
-                kind, rank, value = results.get(timeout=POLL_S)
-                (done if kind == "ok" else errors)[rank] = value
-            except queue.Empty:
-                pass
-            dead = [p for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in done]
-            if errors or dead:
-                raise WorkerError(_failure(procs, errors, results), pids)
+        while len(reports.done) < nprocs:
+            reports.read(POLL_S)
+            if progress is not None:
+                progress(list(life[2 * nprocs:]))
+            if any(p.exitcode is not None and not reports.heard(r) for r, p in enumerate(procs)):
+                reports.read(SETTLE_S)  # an exit may come before its report has been read
+            silent = [r for r, p in enumerate(procs)
+                      if p.exitcode is not None and not reports.heard(r)]
+            hung = _missed_deadlines(procs, life, reports)
+            if reports.causes or reports.peers or silent or hung:
+                raise WorkerError(_failure(reports, procs, hung), pids)
             if deadline is not None and time.monotonic() > deadline:
+                running = sorted(set(range(nprocs)) - set(reports.done))
                 raise WorkerError(f"distributed run did not finish within timeout={timeout} s; "
-                                  f"stages still running: {sorted(set(range(nprocs)) - set(done))}",
-                                  pids)
+                                  f"stages still running: {running}", pids)
         finished = True
-        return [done[r] for r in range(nprocs)]
+        return [reports.done[r] for r in range(nprocs)]
     finally:  # on success, error or KeyboardInterrupt: no worker outlives the call
         _stop([p for p in procs if p.pid is not None], 10.0 if finished else 0.0)
         results.close()

@@ -1,0 +1,143 @@
+"""Checkpoints that verify themselves: ``write_checkpoint`` and ``read_checkpoint`` for ``fit``.
+
+A checkpoint is a ``torch.save`` dict: a format name and version, the step, the run's *recipe*
+(Plan, model classes and weight shapes, each stage's optimizer with its settings, batch size,
+seed, a sha256 of the data set) and the training state as one payload of bytes, with a sha256 of
+recipe and payload. Reading checks, in order, that the file is one of ours, of this version,
+intact, and of this very run, and only then unpickles the state (``weights_only=True``): a
+damaged file, a plain state_dict or another run's checkpoint is refused, saying what differs,
+before any weight is touched.
+"""
+import hashlib
+import io
+import json
+import pickle
+from pathlib import Path
+
+import torch
+
+from .data import atomic_write
+from .guards import dtype_name
+
+FORMAT, VERSION = "minilocal.fit checkpoint", 2
+FIX = "delete it or use a new checkpoint path"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: damaged, of another format, or of another run."""
+
+
+def data_hash(tensors):
+    """sha256 (hex) of tensors' dtypes, shapes and bytes: which data set a run trained on."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{dtype_name(t.dtype)}{len(t)};".encode())
+        h.update(t.view(torch.uint8).numpy())  # any dtype as its raw bytes
+    return h.hexdigest()
+
+
+def _optimizer(opt):
+    settings = ", ".join(f"{k}={v!r}" for k, v in sorted(opt.defaults.items()))
+    return f"{type(opt).__name__}({settings})"
+
+
+def recipe_of(net, batch_size, seed, digest):
+    """What must match for a run to resume another: plan, model, optimizers, batches, data."""
+    return {"plan": {"stages": [list(s) for s in net.plan.stages], "overlap": net.plan.overlap},
+            "model": ", ".join(type(m).__name__ for m in [*net.blocks, *net.heads]),
+            "weights": {k: f"{tuple(v.shape)} {dtype_name(v.dtype)}"
+                        for k, v in net.state_dict().items()},
+            "optimizer": [_optimizer(stage.optimizer) for stage in net.stages],
+            "batch_size": batch_size, "seed": seed, "data": digest}
+
+
+def _digest(step, recipe, payload):
+    head = json.dumps({"step": step, "recipe": recipe}, sort_keys=True).encode()
+    return hashlib.sha256(head + payload).hexdigest()
+
+
+def write_checkpoint(path, recipe, state):
+    """Save ``state`` (a dict with "step") for ``recipe`` atomically (``data.atomic_write``)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    outer = {"format": FORMAT, "version": VERSION, "step": state["step"], "recipe": recipe,
+             "sha256": _digest(state["step"], recipe, payload), "payload": payload}
+    atomic_write(path, lambda tmp: torch.save(outer, tmp))
+
+
+def _what_it_holds(outer):
+    if isinstance(outer, dict) and {"plan", "model", "optimizers"} <= set(outer):
+        return "a checkpoint of an older minilocal (format 1, without integrity checks)"
+    if isinstance(outer, dict) and outer and \
+            all(isinstance(v, torch.Tensor) for v in outer.values()):
+        return ("a plain state_dict; load weights with net.load_state_dict(torch.load(path)) and "
+                "train without resume")
+    return f"a {type(outer).__name__}"
+
+
+def _first_difference(theirs, ours):
+    """(key, their value, our value) of the first recipe entry that differs, or None."""
+    for key in ours:
+        a, b = theirs.get(key), ours[key]
+        if key == "weights" and isinstance(a, dict):
+            for name in [*b, *(n for n in a if n not in b)]:  # the net's order
+                if a.get(name) != b.get(name):
+                    return f"weight {name}", a.get(name, "absent"), b.get(name, "absent")
+        elif key == "optimizer" and isinstance(a, list) and len(a) == len(b):
+            for s, (x, y) in enumerate(zip(a, b)):
+                if x != y:
+                    return f"optimizer of stage {s}", x, y
+        elif a != b:
+            return key, a, b
+    return None
+
+
+def _check_recipe(path, theirs, ours):
+    diff = _first_difference(theirs, ours)
+    if diff is None:
+        return
+    key, a, b = diff
+    if key == "data":
+        raise CheckpointError(f"fit: checkpoint {path} was written on other data (data set "
+                              f"sha256 {str(a)[:12]}..., this run's is {b[:12]}...); resume on "
+                              f"the same data or use a new path")
+    raise CheckpointError(f"fit: checkpoint {path} was written with {key}={a}, this run has "
+                          f"{key}={b}; resume with the same settings or use a new path")
+
+
+def read_checkpoint(path, recipe):
+    """The training state of the checkpoint at ``path``, verified against this run's
+    ``recipe``; raises CheckpointError saying what is wrong before anything is loaded."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"fit: checkpoint {path} is empty (0 bytes): not a checkpoint; {FIX}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip file
+        raise CheckpointError(f"fit: {path} is not a checkpoint: not a torch.save file (it starts "
+                              f"with {head!r}); {FIX}")
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"fit: {path} is not a minilocal fit checkpoint: it holds objects "
+                              f"that a checkpoint never holds (torch.load with weights_only "
+                              f"refused them); {FIX}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways, all the same to us
+        raise CheckpointError(f"fit: checkpoint {path} is damaged: torch.load could not read it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {FIX}") \
+            from None
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+        raise CheckpointError(f"fit: {path} is not a minilocal fit checkpoint: it holds "
+                              f"{_what_it_holds(outer)}; {FIX}")
+    if outer.get("version") != VERSION:
+        raise CheckpointError(f"fit: checkpoint {path} has format version {outer.get('version')!r}"
+                              f"; this minilocal reads version {VERSION}; {FIX}")
+    payload = outer.get("payload")
+    if not isinstance(payload, bytes) or not isinstance(outer.get("recipe"), dict) or \
+            outer.get("sha256") != _digest(outer.get("step"), outer["recipe"], payload):
+        raise CheckpointError(f"fit: checkpoint {path} is damaged: its contents do not match its "
+                              f"sha256 (changed or corrupted after it was written); {FIX}")
+    _check_recipe(path, outer["recipe"], recipe)
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
