@@ -18,7 +18,6 @@ code runs in a kernel that a Jupyter server started (it sets ``JPY_SESSION_NAME`
 ``live=True/False`` or the environment variable ``MINILOCAL_LIVE=1/0`` decides instead. Keep the
 cell that builds a Dashboard tagged ``nbval-ignore-output``: the widget is machine-dependent.
 """
-import io
 import math
 import os
 import sys
@@ -26,12 +25,11 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from .plots import plot_history
+from .plots import offscreen_figure, plot_history, png_bytes
 
 FIGSIZE = (6, 3.4)
+LIVE_DPI = 80  # the live PNG is FIGSIZE × LIVE_DPI = 480 × 272 pixels, shown at that size
 
 
 def _kernel_shell():
@@ -129,13 +127,12 @@ class Dashboard:
         if not force and now - self._last_draw < self.min_interval:
             return
         self._last_draw = now
-        fig = Figure(figsize=FIGSIZE, dpi=80)  # not pyplot's: the inline backend must not show it
-        FigureCanvasAgg(fig)
-        self.draw(fig.add_subplot())
+        from .widgets import set_png
+
+        fig, ax = offscreen_figure(FIGSIZE, dpi=LIVE_DPI)  # not pyplot's: the inline backend must not show it
+        self.draw(ax)
         fig.tight_layout()
-        png = io.BytesIO()
-        fig.savefig(png, format="png")
-        self._image.value = png.getvalue()
+        set_png(self._image, png_bytes(fig))
         self._status.value = "step " + str(self._last_step) + ": " + self.summary()
 
     def summary(self):

@@ -4,11 +4,20 @@ Every function draws on ``ax`` (a new figure when None) and returns ``(fig, ax)`
 cell with ``plt.show()``. Stage s is always drawn in ``stage_color(s)``, so a loss, its head, its
 bracket and its learning curve share one colour across every plot of the course.
 
+Code that runs off the main thread (widget callbacks) draws on ``offscreen_figure`` and shows
+``png_bytes`` of it instead: pyplot's list of open figures is not thread-safe.
+
 Diagram artists carry a ``gid`` (``block-l``, ``stage-s``, ``head-s``, ``loss-s``, ``bracket-s``)
 so tests and curious readers can find them with ``ax.findobj``.
 """
+import io
+import struct
+
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
 from .plan import Plan
@@ -22,7 +31,7 @@ _HEAD_Y, _LOSS_Y, _ROW_H = -1.1, -1.9, 0.32
 
 def stage_color(s):
     """The colour of stage s (and of its head, loss, bracket and curve): matplotlib's tab10 cycle."""
-    return plt.get_cmap("tab10")(s % 10)
+    return matplotlib.colormaps["tab10"](s % 10)
 
 
 def _new_ax(ax, size):
@@ -32,6 +41,28 @@ def _new_ax(ax, size):
     if not hasattr(ax, "figure") or not hasattr(ax, "add_patch"):
         raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     return ax.figure, ax
+
+
+def offscreen_figure(figsize, dpi=100):
+    """A Figure with one Axes that pyplot never sees: safe on any thread, never shown inline."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def png_bytes(fig):
+    """The figure as PNG bytes of exactly figsize × dpi pixels (no cropping)."""
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
+def png_size(png):
+    """(width, height) in pixels of PNG bytes, read from the header."""
+    png = bytes(png)
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError(f"png_size: not PNG bytes (they start {png[:16]!r}); pass what png_bytes returns")
+    return struct.unpack(">II", png[16:24])
 
 
 def _bracket_rows(plan):
@@ -52,18 +83,30 @@ def _arrow(ax, start, end, color="0.35", style="-|>", **kwargs):
                                  shrinkA=0, shrinkB=0, **kwargs))
 
 
+def _check_plan(plan, where):
+    if not isinstance(plan, Plan):
+        raise TypeError(f"{where}: plan must be a minilocal.Plan, got {type(plan).__name__}; "
+                        f"build one with e.g. Plan.overlapping(4)")
+    if plan.n_blocks > MAX_DIAGRAM_BLOCKS:
+        raise ValueError(f"{where}: plan has {plan.n_blocks} blocks; the diagram is readable up to "
+                         f"{MAX_DIAGRAM_BLOCKS}; draw a smaller plan with the same structure")
+    return plan
+
+
+def plan_figsize(plan):
+    """(width, height) in inches that fit the diagram of ``plan`` (wider with blocks, taller with
+    bracket rows)."""
+    n_rows = max(_bracket_rows(_check_plan(plan, "plan_figsize"))) + 1
+    return max(5.0, 1.25 * plan.n_blocks + 1.5), 3.2 + 0.35 * n_rows
+
+
 def plot_plan(plan, ax=None):
     """Gradient-flow diagram: blocks in a row, a head and loss under each stage's end, and one
     coloured bracket per loss over the blocks it trains (``plan.trained_by(s)``); returns (fig, ax)."""
-    if not isinstance(plan, Plan):
-        raise TypeError(f"plot_plan: plan must be a minilocal.Plan, got {type(plan).__name__}; "
-                        f"build one with e.g. Plan.overlapping(4)")
-    if plan.n_blocks > MAX_DIAGRAM_BLOCKS:
-        raise ValueError(f"plot_plan: plan has {plan.n_blocks} blocks; the diagram is readable up to "
-                         f"{MAX_DIAGRAM_BLOCKS}; draw a smaller plan with the same structure")
+    _check_plan(plan, "plot_plan")
     rows = _bracket_rows(plan)
     n_rows = max(rows) + 1
-    fig, ax = _new_ax(ax, (max(5.0, 1.25 * plan.n_blocks + 1.5), 3.2 + 0.35 * n_rows))
+    fig, ax = _new_ax(ax, plan_figsize(plan))
     left = lambda b: b * _PITCH
     right = lambda b: b * _PITCH + _BOX_W
     centre = lambda b: b * _PITCH + _BOX_W / 2

@@ -1,18 +1,27 @@
 """The plan explorer: pick a method, chunks and overlap; the diagram and ``plan.describe()`` follow.
 
-A headless run (nbval, nbclient) never moves a slider, and what a widget prints reaches it as
-plain stdout. So a notebook shows the default once with ``show_plan(plan)`` (deterministic output,
+A headless run (nbval, nbclient) never moves a slider, and nbval cannot compare a widget's view.
+So a notebook shows the default once with ``show_plan(plan)`` (deterministic output,
 compared by nbval) and builds ``plan_explorer()`` in a cell tagged ``nbval-ignore-output``.
 Building the explorer never waits for a front end, so it cannot block a headless run.
+
+The explorer's view is a text widget and an Image widget holding a PNG, drawn on an off-pyplot
+Figure (``plots.offscreen_figure``). Widget callbacks run on the kernel's comm or subshell threads
+while cells run on the main one, and pyplot's state is not thread-safe; setting a widget's value
+from any thread is. The first picture is drawn when the explorer is built, so the front end gets it
+with the widget's state and shows it at once.
 
 The same choices can be written as a short text spec, ``"chunks=2,overlap=1"`` (or a method name),
 which is how the explorer's "general" method and the course's comparison tables name a plan.
 """
+import html
+import threading
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
 from .plan import Plan
-from .plots import MAX_DIAGRAM_BLOCKS, plot_plan
+from .plots import MAX_DIAGRAM_BLOCKS, offscreen_figure, plan_figsize, plot_plan, png_bytes, png_size
 
 METHODS = ("backprop", "greedy", "overlapping", "chunked", "general")
 SPEC_KEYS = ("chunks", "overlap")
@@ -98,6 +107,21 @@ def show_plan(plan):
     plt.close(fig)  # inline backends close it already; a non-interactive one (Agg) does not
 
 
+def plan_png(plan, dpi=100):
+    """The gradient-flow diagram of ``plan`` as PNG bytes, drawn without pyplot (any thread)."""
+    fig, ax = offscreen_figure(plan_figsize(plan), dpi=dpi)
+    plot_plan(plan, ax=ax)
+    return png_bytes(fig)
+
+
+def set_png(image, png):
+    """Show PNG bytes in an ``ipywidgets.Image`` at their own pixel width: a widget box would
+    otherwise stretch the image to its full width, and a stretched PNG is blurry."""
+    width, _ = png_size(png)
+    image.layout.width, image.layout.height, image.layout.max_width = f"{width}px", "auto", "100%"
+    image.value = png
+
+
 def plan_explorer(n_blocks=6):
     """A VBox of controls and a view; ``.plan`` holds the Plan on display. Display it in a cell
     tagged nbval-ignore-output (see the module docstring)."""
@@ -105,16 +129,18 @@ def plan_explorer(n_blocks=6):
     method = widgets.Dropdown(options=METHODS, value="overlapping", description="method")
     chunks = widgets.IntSlider(value=min(2, n), min=1, max=n, description="chunks")
     overlap = widgets.IntSlider(value=min(1, n - 1), min=0, max=n - 1, description="overlap")
-    view = widgets.Output()
-    box = widgets.VBox([widgets.HBox([method, chunks, overlap]), view])
+    text, image = widgets.HTML(), widgets.Image(format="png")
+    box = widgets.VBox([widgets.HBox([method, chunks, overlap]), text, image])
+    lock = threading.Lock()  # two quick changes may run on two threads; show one choice, not a mix
 
     def update(change=None):
-        chunks.disabled = method.value not in ("chunked", "general")
-        overlap.disabled = method.value not in ("overlapping", "general")
-        box.plan = plan_from_choice(method.value, n, chunks.value, overlap.value)
-        view.clear_output(wait=True)
-        with view:
-            show_plan(box.plan)
+        with lock:
+            chunks.disabled = method.value not in ("chunked", "general")
+            overlap.disabled = method.value not in ("overlapping", "general")
+            plan = plan_from_choice(method.value, n, chunks.value, overlap.value)
+            text.value = f"<pre>{html.escape(plan.describe())}</pre>"
+            set_png(image, plan_png(plan))
+            box.plan = plan
 
     for control in (method, chunks, overlap):
         control.observe(update, names="value")

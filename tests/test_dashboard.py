@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 from minilocal import dashboard  # noqa: E402
 from minilocal.dashboard import Dashboard, frontend_present  # noqa: E402
-from minilocal.plots import stage_color  # noqa: E402
+from minilocal.plots import png_size, stage_color  # noqa: E402
 
 LOSSES = [[4.0, 2.0], [2.0, 1.0], [3.0, 3.0], [1.0, 0.0], [0.5, 0.25]]  # steps 1..5, K = 2
 
@@ -90,6 +90,14 @@ def test_live_widget_shows_a_png_of_the_curves_and_the_latest_numbers(capsys):
     dash.show()  # the widget gets the final point as well
     assert dash._status.value == "step 5: l0 0.500  l1 0.250"
     assert bytes(dash._image.value) != before
+
+
+def test_live_png_is_displayed_at_its_own_pixel_size():
+    dash = logged(every=2, live=True, min_interval=0)
+    width, height = png_size(dash._image.value)
+    assert (width, height) == (480, 272)  # FIGSIZE (6, 3.4) inches x LIVE_DPI 80
+    layout = dash._image.layout  # the box would stretch the image to its width: a blurry PNG
+    assert (layout.width, layout.height, layout.max_width) == (f"{width}px", "auto", "100%")
 
 
 def test_live_redraws_are_throttled(monkeypatch):

@@ -1,4 +1,6 @@
-"""Plots and the plan explorer, headless (Agg): the right artists, the right data, clear errors."""
+"""Plots, Gantt charts and the plan explorer, headless (Agg): right artists, right data, clear errors."""
+import html
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,8 +9,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from minilocal import Plan  # noqa: E402
-from minilocal.plots import final_metrics, output_curve, plot_compare, plot_history, plot_plan  # noqa: E402
-from minilocal.widgets import parse_spec, plan_explorer, plan_from_choice, plan_from_spec  # noqa: E402
+from minilocal.plots import (final_metrics, offscreen_figure, output_curve, plan_figsize,  # noqa: E402
+                             plot_compare, plot_history, plot_plan, png_bytes, png_size)
+from minilocal.runtime import Event, plot_timelines, schedule_timeline  # noqa: E402
+from minilocal.widgets import (parse_spec, plan_explorer, plan_from_choice, plan_from_spec,  # noqa: E402
+                               plan_png)
 
 PLANS = [Plan.backprop(5), Plan.greedy(5), Plan.overlapping(5), Plan.chunked(5, 2),
          Plan(((0, 1), (2,), (3, 4)), overlap=2)]
@@ -200,16 +205,84 @@ def test_plan_from_choice_uses_only_the_controls_each_method_reads():
 
 def test_explorer_builds_headless_and_follows_its_controls(capsys):
     explorer = plan_explorer(4)
-    assert explorer.plan == Plan.overlapping(4)
-    assert Plan.overlapping(4).describe() in capsys.readouterr().out
-    method, chunks, overlap = explorer.children[0].children
+    controls, text, image = explorer.children
+    method, chunks, overlap = controls.children
+
+    def shows(plan):  # the text, the picture and .plan all follow the controls
+        assert explorer.plan == plan
+        assert text.value == f"<pre>{html.escape(plan.describe())}</pre>"
+        assert bytes(image.value) == plan_png(explorer.plan)  # the title names the plan as chosen
+        assert image.layout.width == f"{png_size(image.value)[0]}px"  # shown at its own width
+
+    shows(Plan.overlapping(4))  # drawn at construction: the front end gets a picture at once
     method.value = "general"
     chunks.value = 2
     overlap.value = 2
-    assert explorer.plan == Plan(((0, 1), (2, 3)), overlap=2)
-    assert explorer.plan.describe() in capsys.readouterr().out
+    shows(Plan(((0, 1), (2, 3)), overlap=2))
     method.value = "greedy"
-    assert explorer.plan == Plan.greedy(4)
+    shows(Plan.greedy(4))
     assert chunks.disabled and overlap.disabled
+    assert capsys.readouterr().out == ""  # nothing printed: widget updates never add cell outputs
     with pytest.raises(ValueError, match="plan_explorer\\(n_blocks=99\\): n_blocks must be"):
         plan_explorer(99)
+
+
+def test_explorer_draws_without_pyplot():
+    before = plt.get_fignums()
+    plan_explorer(6).children[0].children[0].value = "chunked"  # the first draw and a redraw
+    assert plt.get_fignums() == before  # no pyplot figure: safe on the kernel's callback threads
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.name or "general")
+def test_plan_png_is_figsize_times_dpi_pixels_and_matches_the_pyplot_diagram(plan):
+    width, height = plan_figsize(plan)
+    assert png_size(plan_png(plan, dpi=40)) == (round(40 * width), round(40 * height))
+    fig, ax = offscreen_figure(plan_figsize(plan))
+    plot_plan(plan, ax=ax)
+    assert png_bytes(fig) == plan_png(plan)
+    assert tuple(plot_plan(plan)[0].get_size_inches()) == plan_figsize(plan)
+
+
+def test_png_size_refuses_bytes_that_are_not_png():
+    with pytest.raises(ValueError, match="png_size: not PNG bytes"):
+        png_size(b"GIF89a" + bytes(30))
+
+
+# --- Gantt charts -------------------------------------------------------------------------
+def bar_extents(ax, kind, stage):
+    """(x0, x1) of every bar drawn for ``kind`` on ``stage``, left to right."""
+    bars = [c for c in ax.collections if c.get_gid() == f"{kind}-{stage}"]
+    assert len(bars) == 1, f"one bar set per stage and kind, got {len(bars)}"
+    return sorted((p.vertices[:, 0].min(), p.vertices[:, 0].max()) for p in bars[0].get_paths())
+
+
+def test_gantt_bars_sit_inside_their_events_with_a_gap_between_neighbours():
+    gpipe = schedule_timeline([1, 1], [2, 2], 4, "gpipe")  # 4 forwards back to back on stage 0
+    _, (ax,) = plot_timelines({"gpipe": gpipe})
+    for kind in ("forward", "backward"):
+        for stage in (0, 1):
+            events = sorted((e.t_start, e.t_end) for e in gpipe if (e.kind, e.stage) == (kind, stage))
+            bars = bar_extents(ax, kind, stage)
+            assert len(bars) == len(events) == 4
+            for (t0, t1), (x0, x1) in zip(events, bars):
+                assert t0 < x0 < x1 < t1  # narrower than its slot, at both ends
+            for (_, right), (left, _) in zip(bars, bars[1:]):
+                assert left - right > 0.005  # touching events stay two bars
+
+
+def test_gantt_short_events_keep_most_of_their_width():
+    tl = [Event(0, "forward", 0.0, 100.0, 0), Event(0, "send", 100.0, 100.01, 0)]
+    _, (ax,) = plot_timelines({"run": tl})
+    (x0, x1), = bar_extents(ax, "send", 0)
+    assert 0.7 * 0.01 <= x1 - x0 < 0.01
+
+
+def test_gantt_legend_names_exactly_the_kinds_drawn():
+    gpipe = schedule_timeline([1, 1], [2, 2], 2, "gpipe")  # update=None: 0 s updates, no bar
+    assert any(e.kind == "update" and e.t_end == e.t_start for e in gpipe)
+    fig, _ = plot_timelines({"gpipe": gpipe})
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["forward", "backward", "idle"]
+    with_update = schedule_timeline([1, 1], [2, 2], 2, "1f1b", update=[0.5, 0.5])
+    fig, _ = plot_timelines({"gpipe": gpipe, "1f1b": with_update})
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["forward", "backward", "update",
+                                                                  "idle"]

@@ -15,6 +15,7 @@ COMM = ("send", "recv")
 KINDS = COMPUTE + COMM + ("idle",)
 COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "update": "#55A868",
           "send": "#8172B3", "recv": "#B07AA1", "idle": "#DDDDDD"}
+GAP = 0.004  # of the makespan: the white gap that keeps consecutive bars (micro-batches) apart
 
 
 def as_timeline(events):
@@ -57,8 +58,19 @@ def _pyplot():
     return plt
 
 
+def _bars(spans, span):
+    """(start, width) bars shortened by a gap at both ends, so two events that touch stay two
+    bars; the gap is ``GAP * span`` but at most 30% of a bar, so short events stay visible."""
+    out = []
+    for start, width in spans:
+        cut = min(GAP * span, 0.3 * width) / 2
+        out.append((start + cut, width - 2 * cut))
+    return out
+
+
 def plot_timeline(timeline, ax=None, title=None):
-    """Gantt chart: one row per stage (stage 0 on top), one bar per event coloured by kind."""
+    """Gantt chart: one row per stage (stage 0 on top), one bar per event coloured by kind, a thin
+    gap between consecutive bars."""
     timeline = as_timeline(timeline)
     if ax is None:
         plt = _pyplot()
@@ -67,12 +79,14 @@ def plot_timeline(timeline, ax=None, title=None):
     rows = {}
     for e in timeline:
         rows.setdefault((e.stage, e.kind), []).append((e.t_start, e.t_end - e.t_start))
+    span = makespan(timeline)
     for (stage, kind), spans in sorted(rows.items()):
-        ax.broken_barh(spans, (stage - 0.4, 0.8), facecolors=COLORS[kind], gid=f"{kind}-{stage}")
+        ax.broken_barh(_bars(spans, span), (stage - 0.4, 0.8), facecolors=COLORS[kind],
+                       gid=f"{kind}-{stage}")
     n_stages = 1 + max(e.stage for e in timeline)
     ax.set_yticks(range(n_stages), [f"stage {s}" for s in range(n_stages)])
     ax.set_ylim(n_stages - 0.5, -0.5)
-    ax.set_xlim(0, makespan(timeline))
+    ax.set_xlim(0, span)
     ax.set_xlabel("time (s)")
     if title:
         ax.set_title(title, loc="left", fontsize=10)
@@ -82,7 +96,7 @@ def plot_timeline(timeline, ax=None, title=None):
 def _legend(fig, timelines):
     from matplotlib.patches import Patch
 
-    used = {e.kind for tl in timelines for e in tl}
+    used = {e.kind for tl in timelines for e in tl if e.t_end > e.t_start}  # 0 s draws no bar
     handles = [Patch(color=COLORS[k], label=k) for k in KINDS if k in used]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False)
 
