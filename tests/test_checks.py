@@ -1,4 +1,7 @@
-"""Exercise checks: max_rel_error on hand-worked values, and check's pass / fail / not-done paths."""
+"""Exercise checks: max_rel_error on hand-worked values, check's pass / fail / not-done paths, structure
+before numbers, messages that name the place, the case and the inputs, and the torch concepts."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -18,22 +21,10 @@ def test_max_rel_error_hand_worked(got, want, expected):
     assert max_rel_error(got, want) == pytest.approx(expected, rel=1e-12, abs=1e-300)
 
 
-def test_max_rel_error_walks_tuples_dicts_and_tensors():
-    got = ({"b": np.array([1.0]), "a": torch.tensor([2.0])}, 3.0)
-    want = ({"a": np.array([2.0]), "b": np.array([1.5])}, 3.0)
-    assert max_rel_error(got, want) == pytest.approx(0.5 / 2.5)   # only b differs
-
-
-def test_max_rel_error_refuses_other_counts_and_shapes():
-    with pytest.raises(AssertionError, match="returned 1 arrays, expected 2"):
-        max_rel_error(np.zeros(2), (np.zeros(2), np.zeros(2)))
-    with pytest.raises(AssertionError, match=r"output 0 has shape \(2, 3\), expected \(3, 2\)"):
+def test_max_rel_error_refuses_other_shapes_and_is_nan_for_nan():
+    with pytest.raises(AssertionError, match=r"shape \(2, 3\), expected \(3, 2\)"):
         max_rel_error(np.zeros((2, 3)), np.zeros((3, 2)))
-
-
-def test_max_rel_error_is_nan_for_nan_output_anywhere():
-    assert np.isnan(max_rel_error([np.nan], [1.0]))
-    assert np.isnan(max_rel_error((np.array([1.0, np.nan]), 2.0), (np.array([1.0, 1.0]), 2.0)))
+    assert np.isnan(max_rel_error([1.0, np.nan], [1.0, 1.0]))
 
 
 # --- check ------------------------------------------------------------------------------------
@@ -71,15 +62,17 @@ def test_one_case_is_singular(capsys):
 def test_wrong_answer_raises_with_the_case_and_the_error():
     def wrong_on_matrices(x):
         return relu(x) if x.ndim == 1 else -relu(x)
-    with pytest.raises(AssertionError, match=r"Exercise 9\.1: FAIL on case 1: relative error 1\.00e\+00 "
-                                             r"> tolerance 1e-06"):
+    with pytest.raises(AssertionError, match=r"Exercise 9\.1: FAIL on case 1 \(cases 0-1\): result at "
+                                             r"\[0, 0\] is -0\.5, expected 0\.5: relative error 1\.00e\+00 "
+                                             r"> tolerance 1e-06\n  inputs: x=array \(1, 2\) float64 \[0\.5, -0\.5\]"):
         check("9.1", wrong_on_matrices, relu, CASES)
 
 
 def test_wrong_shape_and_nan_fail():
-    with pytest.raises(AssertionError, match=r"FAIL on case 0: output 0 has shape \(1, 3\)"):
+    with pytest.raises(AssertionError, match=r"FAIL on case 0 \(cases 0-1\): result has shape \(1, 3\), "
+                                             r"expected \(3,\)"):
         check("9.1", lambda x: relu(x)[None], relu, CASES)
-    with pytest.raises(AssertionError, match="FAIL on case 0: relative error nan"):
+    with pytest.raises(AssertionError, match=r"FAIL on case 0 \(cases 0-1\): result at \[0\] is NaN, expected 1"):
         check("9.1", lambda x: relu(x) * np.nan, relu, CASES)
 
 
@@ -94,7 +87,7 @@ def test_compare_selects_what_must_match():
     def ref_fwd(x):
         return relu(x), (x, x > 0)
     assert check("9.2", fwd, ref_fwd, CASES, compare=lambda r: r[0]) is fwd
-    with pytest.raises(AssertionError, match=r"FAIL on case 0: returned something that is not numbers"):
+    with pytest.raises(AssertionError, match=r"FAIL on case 0 .*: result\[1\]\[0\] is 'any', expected numbers"):
         check("9.2", fwd, ref_fwd, CASES)
 
 
@@ -104,7 +97,8 @@ def test_an_in_place_edit_cannot_change_the_reference_answer():
     def doubles_in_place(x):
         x *= 2
         return x
-    with pytest.raises(AssertionError, match="FAIL on case 0"):
+    with pytest.raises(AssertionError, match=r"FAIL on case 0 .*changed its input x in place \(entry \[0\] "
+                                             r"was 1\.0, is now 2\.0\)"):
         check("9.3", doubles_in_place, identity, CASES)
 
 
@@ -146,3 +140,126 @@ def test_copy_args_lets_both_functions_start_from_the_same_state():
     assert cases[0][0]["w"].tolist() == [1.0, 2.0], "the case itself must not change"
     with pytest.raises(AssertionError, match="FAIL on case 0"):  # without copies the second call sees w/2
         check("9.5", step, step, [({"w": np.array([1.0, 2.0])}, 0.5)])
+
+
+# --- structure before numbers -----------------------------------------------------------------
+def linear(x, params):
+    return x @ params["weight"].T + params["bias"], (x, params)
+
+
+LINEAR = [(np.arange(6.0).reshape(2, 3), {"weight": np.ones((4, 3)), "bias": np.arange(4.0)})]
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda x, p: None, r"result is None, expected \(array \(2, 4\), \(array \(2, 3\), dict \{weight, bias\}\)\): "
+                        r"is a `return` missing\?"),
+    (lambda x, p: linear(x, p)[0], r"result is array \(2, 4\) .*, expected a tuple of 2"),
+    (lambda x, p: (linear(x, p)[0], (p, x)), r"result\[1\]\[0\] is dict \{weight, bias\}, expected numbers"),
+    (lambda x, p: (*linear(x, p), 0), r"result has 3 entries .*, expected 2"),
+    (lambda x, p: (linear(x, p)[0], (x, {"w": p["weight"], "bias": p["bias"]})),
+     r"result\[1\]\[1\] has missing keys \['weight'\] and unexpected keys \['w'\]"),
+    (lambda x, p: (linear(x, p)[0].sum(0), (x, p)), r"result\[0\] has shape \(4,\), expected \(2, 4\)"),
+])
+def test_structure_is_compared_before_numbers_and_named(answer, message):
+    with pytest.raises(AssertionError, match=message):
+        check("1.1", answer, linear, LINEAR)
+
+
+def test_a_scalar_shape_says_how_to_make_a_scalar():
+    with pytest.raises(AssertionError, match=r"shape \(1,\), expected \(\) \(a scalar: use float"):
+        check("1.0", lambda x: np.sum(x, keepdims=True)[None, 0], lambda x: np.sum(x), CASES)
+
+
+def test_integers_are_exact_and_floats_for_integers_are_refused():
+    count = lambda n: n * (n + 1) // 2
+    with pytest.raises(AssertionError, match=r"result holds floats \(float64\), expected integers"):
+        check("1.0", lambda n: n * (n + 1) / 2, count, [(3,)], tol=0.5)
+    with pytest.raises(AssertionError, match=r"result is 7, expected 6 \(compared exactly\)"):
+        check("1.0", lambda n: count(n) + 1, count, [(3,)], tol=0.5)
+    assert check("1.0", lambda n: float(count(n)), lambda n: float(count(n)), [(3,)])  # floats stay floats
+    check("1.0", count, lambda n: float(count(n)), [(3,)])  # an exact integer may stand for a float
+
+
+def test_dicts_are_compared_by_name_not_by_order():
+    want = lambda: {"b": np.ones(2), "a": np.zeros(2)}
+    assert check("1.0", lambda: {"a": np.zeros(2), "b": np.ones(2)}, want, [()])
+    with pytest.raises(AssertionError, match=r"result\['b'\] at \[0\] is 0, expected 1"):
+        check("1.0", lambda: {"a": np.ones(2), "b": np.zeros(2)}, want, [()])
+
+
+@pytest.mark.parametrize("tol", [1e-12, 1e-9, 1e-6])
+def test_an_answer_just_outside_the_tolerance_fails_and_just_inside_passes(tol):
+    # relative error |g - w| / (|g| + |w|) of a factor (1 + d) is d / (2 + d): 3 tol fails, tol / 3 passes
+    with pytest.raises(AssertionError, match=rf"relative error 3\.0\de-\d\d > tolerance {tol:.0e}"):
+        check("1.0", lambda x: relu(x) * (1 + 6 * tol), relu, CASES, tol=tol)
+    check("1.0", lambda x: relu(x) * (1 + tol / 2), relu, CASES, tol=tol)
+
+
+def test_the_failing_case_is_named_not_the_first():
+    def wrong_on_the_last(x):
+        return relu(x) + (x.size == 5)
+    cases = [(np.ones(3),), (np.ones(4),), (np.ones(5),)]
+    with pytest.raises(AssertionError, match=r"FAIL on case 2 \(cases 0-2\)"):
+        check("1.0", wrong_on_the_last, relu, cases)
+
+
+def test_a_case_that_restores_its_input_only_approximately_fails():
+    def nudge_and_undo(x):
+        x[0] += 0.1
+        x[0] -= 0.1                               # 1/3 + 0.1 - 0.1 != 1/3 in floating point
+        return relu(x)
+    with pytest.raises(AssertionError, match=r"changed its input x in place .* bit for bit"):
+        check("1.3", nudge_and_undo, relu, [(np.array([1 / 3, 2.0]),)])
+
+
+def test_concepts_run_before_the_values_and_their_message_is_the_failure():
+    def no_negative_inputs(fn, args):
+        return "x has a negative entry" if (args[0] < 0).any() else None
+    with pytest.raises(AssertionError, match=r"FAIL on case 0 .*: x has a negative entry"):
+        check("1.0", relu, relu, CASES, concepts=[no_negative_inputs])
+    check("1.0", relu, relu, [(np.ones(2),)], concepts=[no_negative_inputs])
+
+
+# --- concepts of the torch exercises -----------------------------------------------------------
+def stage_cases():
+    torch.manual_seed(0)
+    return [(torch.nn.Linear(5, 6), torch.nn.Linear(6, 3), torch.randn(4, 5), torch.randint(0, 3, (4,)))]
+
+
+def right_step(block, head, x_in, y):
+    out = block(x_in.detach())
+    loss = torch.nn.functional.cross_entropy(head(out), y)
+    return out.detach(), loss.detach(), torch.autograd.grad(loss, list(block.parameters()))
+
+
+def test_stops_gradient_accepts_the_stop_gradient():
+    from minilocal.checks import stops_gradient
+    assert stops_gradient(right_step, stage_cases()[0]) is None
+
+
+@pytest.mark.parametrize("wrong, message", [
+    ("autograd", "the block ran on x_in itself"),
+    ("backward", r"a gradient reached the stage's input x_in"),
+    ("attached", r"the returned output still carries the graph"),
+])
+def test_stops_gradient_catches_a_missing_detach(wrong, message):
+    from minilocal.checks import stops_gradient
+
+    def step(block, head, x_in, y):
+        out = block(x_in if wrong != "attached" else x_in.detach())
+        loss = torch.nn.functional.cross_entropy(head(out), y)
+        if wrong == "backward":
+            loss.backward()
+            grads = [p.grad for p in block.parameters()]
+        else:
+            grads = torch.autograd.grad(loss, list(block.parameters()), retain_graph=True)
+        return (out if wrong == "attached" else out.detach()), loss.detach(), grads
+    assert re.search(message, stops_gradient(step, stage_cases()[0]))
+
+
+def test_an_exception_in_the_answer_is_a_fail_with_the_case_and_its_cause():
+    def crashes_on_matrices(x):
+        return relu(x) if x.ndim == 1 else x @ np.ones(5)
+    with pytest.raises(AssertionError, match=r"FAIL on case 1 \(cases 0-1\): it raised ValueError: .*\n  inputs: x=") as info:
+        check("9.1", crashes_on_matrices, relu, CASES)
+    assert isinstance(info.value.__cause__, ValueError), "the student's traceback stays attached"

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -263,28 +262,9 @@ def test_no_solution_text_in_course(rel_path):
         sum("raise NotImplementedError(\"Exercise" in c.source for c in course.cells)
 
 
-# --- (d) a wrong answer fails its check cell; a stub says "not done yet" ----------------------------
+# --- (d) a stub says "not done yet"; a wrong answer fails (every exercise: test_exercises.py) ---------
 CHECK_CALL = re.compile(r"\bcheck\(\s*[\"'](\d+\.\d+)[\"']")
 DEFINES = re.compile(r"^def (\w+)\(", re.M)
-
-
-def perturbed(value):
-    """A clearly wrong copy of an exercise's result: every number moved by about 1%, ints by 1;
-    anything that is not numbers (a Plan, a string) is kept."""
-    if isinstance(value, dict):
-        return {k: perturbed(v) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(perturbed(v) for v in value)
-    if hasattr(value, "detach"):  # a torch tensor
-        return value.detach() * 1.01 + 0.01
-    array = np.asarray(value)
-    if array.dtype == bool:
-        return ~array
-    if np.issubdtype(array.dtype, np.integer):
-        return array + 1
-    if np.issubdtype(array.dtype, np.floating):
-        return array * 1.01 + 0.01
-    return value
 
 
 def code_cells(path):
@@ -326,35 +306,6 @@ def exec_check(namespace, source):
     return out.getvalue()
 
 
-def fresh_generators(namespace):
-    """A namespace copy whose random generators are copies, so a trial run draws nothing from them."""
-    import copy
-    trial = dict(namespace)
-    trial.update({k: copy.deepcopy(v) for k, v in namespace.items() if isinstance(v, np.random.Generator)})
-    return trial
-
-
-def wrong(function):
-    return lambda *args, **kwargs: perturbed(function(*args, **kwargs))
-
-
-@by_name
-def test_every_check_cell_passes_the_solution_and_fails_a_wrong_answer(rel_path, monkeypatch):
-    def on_check(namespace, source, exercises, functions):
-        assert functions, f"{rel_path}: no '# Exercise' cell defines a function for {exercises}"
-        trial = fresh_generators(namespace)
-        trial.update({name: wrong(namespace[name]) for name in functions})
-        labels = "|".join(re.escape(e) for e in exercises)
-        with pytest.raises(AssertionError, match=rf"Exercise ({labels}): FAIL"):
-            exec_check(trial, source)
-        out = exec_check(namespace, source)
-        assert all(f"Exercise {e}: PASS" in out for e in exercises), out
-    seen = run_until_last_check(SOLUTIONS / rel_path, monkeypatch, on_check)
-    number = rel.notebook_number(rel_path.name)
-    if number is not None and number >= 1:  # 00 is the welcome; every later notebook has 5 or more
-        assert len(set(seen)) >= 5, f"{rel_path}: only {len(set(seen))} checked exercises, the course asks for 5"
-
-
 @by_name
 def test_every_stub_falls_back_to_the_reference(rel_path, monkeypatch):
     def on_check(namespace, source, exercises, functions):
@@ -377,5 +328,5 @@ def test_a_wrongly_filled_course_exercise_fails(monkeypatch):
     for source in cells[:index]:
         exec(source, namespace)
     exec(filled, namespace)
-    with pytest.raises(AssertionError, match=r"Exercise 1\.1: FAIL on case 0: relative error"):
+    with pytest.raises(AssertionError, match=r"Exercise 1\.1: FAIL on case 0 \(cases 0-2\): result\[0\] at \[0, 0\] is .* relative error"):
         exec_check(namespace, cells[index + 1])
