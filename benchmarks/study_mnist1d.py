@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from minilocal import Plan  # noqa: E402
 from minilocal.compute import model_flops, study  # noqa: E402
-from minilocal.compute.cost import equal_hardware_time, pipeline_stage_flops, pipeline_time  # noqa: E402
+from minilocal.compute.cost import equal_hardware_time, pipeline_stage_flops  # noqa: E402
 from minilocal.compute.pareto import lower_envelope  # noqa: E402
 from minilocal.compute.sweep import config_key, load_results  # noqa: E402
 from minilocal.data import atomic_write  # noqa: E402
@@ -71,26 +71,6 @@ def make_cache(path):
             save(path, payload)
         return runs[key]
     return payload, run_cached
-
-
-def speedups(best, budgets, pipe_work):
-    """{(method, N): [speed-up over data-parallel backprop on N devices, one per seed]}."""
-    out = {}
-    for n in budgets:
-        for seed in sorted({s for m in best for b in best[m] for s in best[m][b]}):
-            def fastest(method, timer):
-                times = [timer(r) for b, per_seed in best.get(method, {}).items()
-                         for s, r in per_seed.items() if s == seed and r["reached"] and n >= r["n_stages"]]
-                return min(times) if times else None
-            base = fastest("backprop", lambda r: equal_hardware_time(
-                r["reached"], r["stage_flops"], r["config"]["batch"], n, THROUGHPUT))
-            rows = {m: fastest(m, lambda r: equal_hardware_time(
-                r["reached"], r["stage_flops"], r["config"]["batch"], n, THROUGHPUT)) for m in best}
-            rows["backprop, GPipe"] = fastest("backprop", lambda r: pipeline_time(
-                r["reached"], pipe_work, r["config"]["batch"], n, throughput=THROUGHPUT))
-            for m, t in rows.items():
-                out.setdefault((m, n), []).append(base / t if base and t else None)
-    return out
 
 
 def figures(best, noise, ups, envelope_n, out_dir, tag):
@@ -189,7 +169,7 @@ def main(argv=None):
     x = study.load(c)[0]
     block_flops, head_flops = model_flops(net.blocks, net.heads, net.plan, x[:4])
     pipe_work = pipeline_stage_flops(Plan.chunked(c["n_blocks"], c["n_blocks"]), block_flops, head_flops[-1])
-    ups = speedups(best, BUDGETS, pipe_work)
+    ups = study.speedups(best, BUDGETS, pipe_work, THROUGHPUT)
     payload["summary"] = dict(
         tuning=tuning, noise_scale=noise, pipeline_stage_flops=pipe_work,
         speedup={f"{m}@{n}": v for (m, n), v in ups.items()},

@@ -80,3 +80,27 @@ def test_config_gives_overlapping_a_real_delay():
     assert study.config("greedy", 64, 1e-3)["delay"] == 0
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['widht'\]"):
         study.config("greedy", 64, 1e-3, widht=3)
+
+
+def _record(method, batch, lr, seed, reached, work):
+    return dict(config=dict(method=method, batch=batch, lr=lr, seed=seed), reached=reached,
+                stage_flops=work, n_stages=len(work))
+
+
+def test_speedups_at_equal_hardware_by_hand():
+    runs = [_record("backprop", 8, 0.1, 0, 10, [10.0]), _record("backprop", 8, 0.3, 0, 5, [10.0]),
+            _record("greedy", 8, 0.1, 0, 12, [4.0, 6.0]), _record("greedy", 8, 0.3, 0, None, [4.0, 6.0])]
+    payload = dict(runs={str(i): r for i, r in enumerate(runs)},
+                   summary=dict(tuning={"backprop/8": dict(lr=0.1), "greedy/8": dict(lr=0.1)}))
+    best = study.tuned_runs(payload)
+    assert best == {"backprop": {8: {0: runs[0]}}, "greedy": {8: {0: runs[2]}}}  # the tuned lr only
+    ups = study.speedups(best, [1, 4], pipeline_work=[5.0, 5.0], throughput=1.0)
+    # N = 4: backprop 4 replicas, 10 steps x 10 x ceil(8/4) = 200; greedy 2 stages x 2 replicas,
+    # (12 + 1) steps x 6 x ceil(8/2) = 312; GPipe 2 stages x 2 replicas, b = 4 = M microbatches:
+    # 10 steps x (4 + 1) x 5 x 1 = 250
+    assert ups["backprop", 4] == [1.0]
+    assert ups["greedy", 4] == [pytest.approx(200 / 312)]
+    assert ups["backprop, GPipe", 4] == [pytest.approx(200 / 250)]
+    assert ups["greedy", 1] == [None] and ups["backprop, GPipe", 1] == [None]  # 2 stages need 2 devices
+    best["greedy"][8][0] = dict(runs[2], reached=None)
+    assert study.speedups(best, [4], [5.0, 5.0], 1.0)["greedy", 4] == [None]  # never reached

@@ -19,7 +19,7 @@ import time
 import torch
 
 from ..local import LocalNet, receive_stale_grad, stage_step
-from .cost import stage_flops
+from .cost import equal_hardware_time, pipeline_time, stage_flops
 from .flops import model_flops
 from .sweep import config_key, eval_schedule, make_plan, sample_batches
 
@@ -207,3 +207,45 @@ def noise_scale(net, x, y, small=32, big=2048, repeats=8, seed=0):
 
 __all__ = ["DEFAULTS", "build", "config", "config_key", "heldout_loss", "load", "noise_scale",
            "run", "train_delayed", "tune"]
+
+
+def tuned_runs(payload):
+    """{method: {batch: {seed: record}}}: the runs of a saved study at each (method, batch)'s
+    tuned learning rate (``payload["summary"]["tuning"]``)."""
+    by_config = {}
+    for r in payload["runs"].values():
+        c = r["config"]
+        by_config[c["method"], c["batch"], c["lr"], c["seed"]] = r
+    out = {}
+    for key, verdict in payload["summary"]["tuning"].items():
+        method, batch = key.split("/")
+        seeds = sorted(s for (m, b, lr, s) in by_config if (m, b, lr) == (method, int(batch), verdict["lr"]))
+        out.setdefault(method, {})[int(batch)] = {s: by_config[method, int(batch), verdict["lr"], s] for s in seeds}
+    return out
+
+
+def speedups(best, budgets, pipeline_work, throughput=1e12):
+    """{(method, N): [speed-up over data-parallel backprop on N devices, one per seed]} at equal
+    hardware: each method's fastest batch per seed (cost.equal_hardware_time), backprop also as
+    GPipe/1F1B on the same N ("backprop, GPipe", cost.pipeline_time). None where a method never
+    reached the target with N devices."""
+    out = {}
+    seeds = sorted({s for by_batch in best.values() for per_seed in by_batch.values() for s in per_seed})
+    for n in budgets:
+        for seed in seeds:
+            def fastest(method, timer):
+                times = [timer(r) for per_seed in best.get(method, {}).values()
+                         for s, r in per_seed.items() if s == seed and r["reached"] and n >= r["n_stages"]]
+                return min(times) if times else None
+
+            def local_time(r):
+                return equal_hardware_time(r["reached"], r["stage_flops"], r["config"]["batch"], n, throughput)
+
+            rows = {m: fastest(m, local_time) for m in best}
+            rows["backprop, GPipe"] = fastest("backprop", lambda r: pipeline_time(
+                r["reached"], pipeline_work, r["config"]["batch"], n, throughput=throughput)
+            ) if n >= len(pipeline_work) else None
+            base = rows.get("backprop")
+            for m, t in rows.items():
+                out.setdefault((m, n), []).append(base / t if base and t else None)
+    return out
