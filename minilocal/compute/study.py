@@ -111,8 +111,8 @@ def run(c, return_net=False):
     """Train one config; its record: held-out loss curve, stage FLOPs, the step it reached the
     target (None if it did not). ``return_net=True``: (record, trained net)."""
     torch.manual_seed(c["seed"])
-    x, y, xt, yt = load(c)
-    net = build(c)
+    x, y, xt, yt = (t.to(c["device"]) for t in load(c))
+    net = build(c).to_devices(c["device"])
     plan = net.plan
     work = stage_flops(plan, *model_flops(net.blocks, net.heads, plan, x[:4]))
     n_steps = budget(c, len(x))
