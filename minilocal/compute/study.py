@@ -205,8 +205,7 @@ def noise_scale(net, x, y, small=32, big=2048, repeats=8, seed=0):
     return trace / g2 if g2 > 0 else math.inf
 
 
-__all__ = ["DEFAULTS", "build", "config", "config_key", "heldout_loss", "load", "noise_scale",
-           "run", "train_delayed", "tune"]
+
 
 
 def tuned_runs(payload):
@@ -249,3 +248,7 @@ def speedups(best, budgets, pipeline_work, throughput=1e12):
             for m, t in rows.items():
                 out.setdefault((m, n), []).append(base / t if base and t else None)
     return out
+
+
+__all__ = ["DEFAULTS", "build", "config", "config_key", "heldout_loss", "load", "noise_scale",
+           "run", "speedups", "train_delayed", "tune", "tuned_runs"]
