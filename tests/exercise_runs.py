@@ -8,6 +8,8 @@ message, or PASS) is recorded. Then the real cell runs, so later cells see the n
 import contextlib
 import copy
 import io
+import itertools
+import linecache
 import os
 import re
 import textwrap
@@ -22,6 +24,17 @@ CHECK_CALL = re.compile(r"\bcheck\(\s*[\"'](\d+\.\d+)[\"']")
 DEFINES = re.compile(r"^def (\w+)\(", re.M)
 TOL = re.compile(r"\btol=([0-9.]+e-?\d+|[0-9.]+)")
 PASSED = "PASS"
+
+
+_CELLS = itertools.count()
+
+
+def run_cell(source, name, namespace):
+    """``exec`` one cell under a file name of its own, registered with linecache, so that
+    ``inspect.getsource`` finds the functions it defines, as in a Jupyter kernel."""
+    filename = f"/notebook-cells/{next(_CELLS)}/{name}.py"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
 
 
 def code_cells(path):
@@ -87,7 +100,7 @@ def outcome(namespace, source):
     """PASS, or the message of the AssertionError the check cell raised."""
     try:
         with contextlib.redirect_stdout(io.StringIO()) as out:
-            exec(compile(source, "check cell", "exec"), namespace)
+            run_cell(source, "check cell", namespace)
     except AssertionError as e:
         return str(e)
     return PASSED if "PASS" in out.getvalue() else out.getvalue()
@@ -126,7 +139,7 @@ def run_notebook(path, trials):
             for e in exercises:
                 results[e] = try_answers(namespace, exercise_cells[e], source, trials.get(e, {}))
             with contextlib.redirect_stdout(io.StringIO()):
-                exec(compile(source, str(path), "exec"), namespace)
+                run_cell(source, Path(path).stem, namespace)
             plt.close("all")
     finally:
         os.chdir(cwd)
@@ -148,7 +161,7 @@ def try_answers(namespace, exercise_cell, check_cell, answers):
     for label, body in answers.items():
         with kept_random_state(namespace) as trial:
             try:
-                exec(compile(with_body(exercise_cell, body), label, "exec"), trial)
+                run_cell(with_body(exercise_cell, body), re.sub(r"\W+", "_", label), trial)
                 result[label] = outcome(trial, check_cell)
             except Exception as e:  # a trial that crashes is a broken trial, not a caught mistake
                 result[label] = f"CRASHED {type(e).__name__}: {e}"

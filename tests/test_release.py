@@ -9,6 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from exercise_runs import run_cell
 from minilocal import release as rel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,7 +295,7 @@ def run_until_last_check(path, monkeypatch, on_check):
                 on_check(namespace, source, exercises, functions)
                 seen += exercises
             else:
-                exec(compile(source, str(path), "exec"), namespace)
+                run_cell(source, path.stem, namespace)  # inspect.getsource works, as in Jupyter
         plt.close("all")
     return seen
 
