@@ -258,9 +258,7 @@ class LocalNet(nn.Module):
             self.stages.append(Stage(s, modules[:-1], modules[-1], opt, plan.reach(s), devices[s],
                                      loss_fn))
         # Stage t's graph lives until the last later stage whose loss reaches into it is done.
-        last_user = [max((u for u in range(t + 1, plan.n_stages)
-                          if plan.trained_by(u)[0] <= plan.stages[t][-1]), default=None)
-                     for t in range(plan.n_stages)]
+        last_user = [plan.last_user(t) for t in range(plan.n_stages)]
         for stage, last in zip(self.stages, last_user):
             stage.keep_graph = last is not None
         self._free_after = [[t for t, last in enumerate(last_user) if last == s]

@@ -278,7 +278,7 @@ def test_cli_help_documents_torchrun_and_rejects_bad_plans(capsys):
     assert exit_.value.code == 0 and "--nnodes" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--plan", "chunked", "--chunks", "5", "--blocks", "3"])
-    assert exit_.value.code == 2 and "n_chunks must be between 1 and 3" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "chunks must be between 1 and n_blocks (3), got 5" in capsys.readouterr().err
 
 
 def test_notebook_defined_recipes_are_refused_before_any_process_starts(monkeypatch):
