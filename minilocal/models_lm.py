@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models_vision import check_int, check_plan, seeded
+from .models_vision import check_plan, seeded
+from .validate import check_int
 
 
 class CausalSelfAttention(nn.Module):
@@ -91,7 +92,7 @@ def tiny_lm(plan, vocab_size, n_blocks=None, d_model=64, n_heads=4, block_size=6
     check_plan(where, plan, n_blocks)
     for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_heads", n_heads),
                         ("block_size", block_size)):
-        check_int(where, name, value)
+        check_int(where, name, value, 1)
     if d_model % n_heads:
         raise ValueError(f"{where}: d_model ({d_model}) must be divisible by n_heads ({n_heads}) "
                          f"so each head gets d_model / n_heads, e.g. d_model=64, n_heads=4")

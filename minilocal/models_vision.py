@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .plan import Plan
+from .validate import _is_int, check_choice, check_int
 
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -27,23 +28,9 @@ def check_plan(where, plan, n_blocks=None):
     return plan
 
 
-def check_int(where, name, value, low=1):
-    """``value`` if it is an int >= low; else a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{where}: {name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def check_choice(where, name, value, choices):
-    """``value`` if it is one of ``choices``; else a clear error listing them."""
-    if value not in choices:
-        raise ValueError(f"{where}: {name} must be one of {sorted(choices)}, got {value!r}")
-    return value
-
-
 def seeded(where, seed, dtype, build):
     """Run ``build() -> (blocks, heads)`` under torch seed ``seed``, then cast both to ``dtype``."""
-    check_int(where, "seed", seed, low=0)
+    check_int(where, "seed", seed, 0)
     if dtype not in DTYPES:
         raise ValueError(f"{where}: dtype must be a floating torch dtype such as torch.float32 or "
                          f"torch.float64, got {dtype!r}")
@@ -77,7 +64,7 @@ def mlp(plan, d_in=40, width=128, n_classes=10, activation="relu", seed=0, dtype
     where = "mlp"
     check_plan(where, plan)
     for name, value in (("d_in", d_in), ("width", width), ("n_classes", n_classes)):
-        check_int(where, name, value)
+        check_int(where, name, value, 1)
     check_choice(where, "activation", activation, ACTIVATIONS)
 
     def build():
@@ -128,9 +115,9 @@ def cnn1d(plan, n_blocks=None, channels=64, kernel_size=3, n_down=3, n_classes=1
     check_plan(where, plan, n_blocks)
     for name, value in (("channels", channels), ("kernel_size", kernel_size),
                         ("n_classes", n_classes), ("d_in", d_in)):
-        check_int(where, name, value)
-    check_int(where, "n_down", n_down, low=0)
-    check_choice(where, "head", head, {"flatten", "pool"})
+        check_int(where, name, value, 1)
+    check_int(where, "n_down", n_down, 0)
+    check_choice(where, "head", head, ("flatten", "pool"))
     if kernel_size % 2 == 0:
         raise ValueError(f"{where}: kernel_size must be odd so padding keeps the signal centred, "
                          f"got {kernel_size}; try {kernel_size + 1}")
@@ -186,7 +173,7 @@ def default_downsample(n_blocks):
 def check_downsample(where, downsample, n_blocks):
     downsample = default_downsample(n_blocks) if downsample is None else tuple(downsample)
     for l in downsample:
-        if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n_blocks:
+        if not _is_int(l) or not 0 <= l < n_blocks:
             raise ValueError(f"{where}: downsample lists block indices in [0, {n_blocks - 1}] "
                              f"that halve the resolution, got {downsample!r}")
     return downsample
@@ -204,8 +191,8 @@ def resnet1d(plan, n_blocks=None, channels=32, n_classes=10, d_in=40, downsample
     where = "resnet1d"
     check_plan(where, plan, n_blocks)
     for name, value in (("channels", channels), ("n_classes", n_classes), ("d_in", d_in)):
-        check_int(where, name, value)
-    check_choice(where, "head", head, {"flatten", "pool"})
+        check_int(where, name, value, 1)
+    check_choice(where, "head", head, ("flatten", "pool"))
     downsample = check_downsample(where, downsample, plan.n_blocks)
     lengths, t = [], d_in
     for l in range(plan.n_blocks):
@@ -233,7 +220,7 @@ def resnet2d(plan, n_blocks=None, channels=16, n_classes=10, in_channels=3, down
     check_plan(where, plan, n_blocks)
     for name, value in (("channels", channels), ("n_classes", n_classes),
                         ("in_channels", in_channels)):
-        check_int(where, name, value)
+        check_int(where, name, value, 1)
     downsample = check_downsample(where, downsample, plan.n_blocks)
     widths, c = [], channels
     for l in range(plan.n_blocks):

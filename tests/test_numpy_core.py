@@ -220,7 +220,7 @@ def test_train_rejects_bad_arguments(data):
     params = init_mlp(Plan.greedy(2), d_in=40, width=8)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         train(params, Plan.greedy(2), data, optimizer="rmsprop")
-    with pytest.raises(ValueError, match="steps must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         train(params, Plan.greedy(2), data, steps=0)
     with pytest.raises(TypeError, match="plan must be a minilocal.Plan"):
         init_mlp("greedy")
