@@ -251,7 +251,7 @@ class LocalNet(nn.Module):
             modules = [*(self.blocks[b] for b in idx), self.heads[s]]
             for m in modules:
                 m.to(devices[s])
-            opt = optimizer([p for m in modules for p in m.parameters()])
+            opt = optimizer(list(dict.fromkeys(p for m in modules for p in m.parameters())))  # tied: once
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"LocalNet: optimizer(params) for stage {s} returned "
                                 f"{type(opt).__name__}, expected a torch.optim.Optimizer")
@@ -263,6 +263,26 @@ class LocalNet(nn.Module):
             stage.keep_graph = last is not None
         self._free_after = [[t for t, last in enumerate(last_user) if last == s]
                             for s in range(plan.n_stages)]
+
+    def _apply(self, fn, *args, **kwargs):
+        """``net.to(...)``, ``.cuda()``, ``.double()`` move every module at once; afterwards each
+        stage reads its device back from its tensors and its optimizer state follows them (one
+        device per stage needs ``to_devices``)."""
+        super()._apply(fn, *args, **kwargs)
+        for stage in getattr(self, "stages", []):
+            held = {id(p) for group in stage.optimizer.param_groups for p in group["params"]}
+            if held != {id(p) for p in stage.parameters()}:
+                raise RuntimeError(f"LocalNet: this conversion replaced stage {stage.index}'s "
+                                   f"parameters with new tensors (a move to 'meta' does), so its "
+                                   f"optimizer no longer holds them; build the LocalNet with "
+                                   f"devices=... instead")
+            tensor = next((t for m in [*stage.blocks, stage.head]
+                           for t in [*m.parameters(), *m.buffers()]), None)
+            if tensor is not None:
+                stage.device = tensor.device
+            stage.release()
+            stage.optimizer.load_state_dict(stage.optimizer.state_dict())
+        return self
 
     def to_devices(self, devices):
         """Move stage s (blocks, head, optimizer state) to devices[s]; one device moves them all."""
