@@ -330,6 +330,10 @@ class LocalNet(nn.Module):
         return specs
 
     def _run(self, x, y, update):
+        """One synchronous step, stages in order. This loop is the readable version of the stage
+        program (``runtime.program``), kept because it also serves ``local_backward`` (no update)
+        and delivers messages more than one stage back; tests/test_runtime.py holds it bitwise
+        equal to ``run_sequential``, which drives the program itself."""
         self._check_pair(x, y)
         results, h = [], x
         for s, stage in enumerate(self.stages):
