@@ -335,7 +335,7 @@ class LocalNet(nn.Module):
         and delivers messages more than one stage back; tests/test_runtime.py holds it bitwise
         equal to ``run_sequential``, which drives the program itself."""
         self._check_pair(x, y)
-        results, h = [], x
+        losses, h = [], x  # only the losses outlive their stage: h holds one activation at a time
         for s, stage in enumerate(self.stages):
             res = stage_step(stage, h, y, update=update and not stage.keep_graph)
             grad, remaining, t = res.grad_in, stage.reach, s - 1
@@ -345,9 +345,9 @@ class LocalNet(nn.Module):
                 t -= 1
             for t in self._free_after[s]:  # no later loss needs stage t's graph any more
                 self.stages[t].update() if update else self.stages[t].release()
-            results.append(res)
+            losses.append(res.loss)
             h = res.x_out
-        losses = [float(r.loss) for r in results]
+        losses = [float(loss) for loss in losses]
         if not all(map(math.isfinite, losses)):  # no NaN gradient may reach a later step
             for stage in self.stages:
                 stage.discard()
