@@ -79,7 +79,7 @@ def runners(n_blocks, width):
 
 def row(name, a, b):
     ratios = [x / y for x, y in zip(a, b)]
-    print(f"{name:<34}{statistics.median(a) * 1e3:>10.2f}{statistics.median(b) * 1e3:>10.2f}"
+    print(f"{name:<42}{statistics.median(a) * 1e3:>10.2f}{statistics.median(b) * 1e3:>10.2f}"
           f"{statistics.median(ratios):>9.3f}   {min(ratios):.3f}..{max(ratios):.3f}")
 
 
@@ -94,7 +94,7 @@ def main():
     torch.set_num_threads(1)
     print(f"MLP {args.blocks} blocks x {args.width}, Adam, CPU, 1 thread; per-step ms, median of "
           f"{args.rounds} rounds x {args.repeats} steps; ratio median and min..max over rounds")
-    print(f"{'comparison':<34}{'a ms':>10}{'b ms':>10}{'a / b':>9}   spread")
+    print(f"{'comparison':<42}{'a ms':>10}{'b ms':>10}{'a / b':>9}   spread")
     for batch in args.batches:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 40, generator=gen)

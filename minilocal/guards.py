@@ -146,7 +146,7 @@ def check_modules(blocks, heads, plan):
     check_shared_parameters(blocks, heads, plan)
 
 
-def check_shared_parameters(blocks, heads, plan):
+def check_shared_parameters(blocks: list, heads: list, plan) -> None:
     """Refuse a parameter (or buffer) held by modules of two stages, as torchgpipe does: each
     stage's optimizer would update it, and a loss would train a block outside ``trained_by``."""
     owner = {}  # id(tensor) -> (stage, where it was first seen)

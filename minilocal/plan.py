@@ -106,7 +106,7 @@ class Plan:
         return cls(stages, overlap, name=name + (f", overlap {overlap}" if overlap else ""))
 
     @classmethod
-    def from_spec(cls, spec, n_blocks):
+    def from_spec(cls, spec: str, n_blocks: int) -> "Plan":
         """The Plan a text spec names, for ``n_blocks`` blocks; ``Plan.from_spec(p.spec, L) == p``.
 
         Specs: a method, ``backprop``, ``greedy``, ``overlapping`` (overlap 1), ``overlapping(K)``,
@@ -129,7 +129,7 @@ class Plan:
         return len(self.stages)
 
     @property
-    def spec(self):
+    def spec(self) -> "str | None":
         """The text spec that ``Plan.from_spec`` reads back to this plan; None when the stages
         are not the equal chunks of ``Plan.chunked`` (a general plan has no short name)."""
         K, k = self.n_stages, self.overlap
@@ -141,18 +141,18 @@ class Plan:
             return "backprop"
         return f"chunked({K})" + (f",overlap={k}" if k else "")
 
-    def hops(self, s):
+    def hops(self, s: int) -> int:
         """How many earlier stages loss l_s reaches into (0: none, 1: one backward message)."""
         first = self.trained_by(s)[0]
         return s - self.stage_of(first)
 
-    def receivers(self):
+    def receivers(self) -> list:
         """Per stage s: how many blocks before stage s+1 its loss trains, the blocks a backward
         message from stage s+1 must reach (0: no message). More than stage s's own blocks means
         the message continues to stage s-1 (``hops`` > 1)."""
         return [self.reach(s + 1) if s + 1 < self.n_stages else 0 for s in range(self.n_stages)]
 
-    def last_user(self, s):
+    def last_user(self, s: int) -> "int | None":
         """The last later stage whose loss trains a block of stage s, or None: stage s must keep
         the graph of its forward until that stage's message has arrived, then it may update."""
         users = [u for u in range(s + 1, self.n_stages) if self.trained_by(u)[0] <= self.stages[s][-1]]
@@ -207,7 +207,7 @@ class Plan:
         return "\n".join(rows)
 
 
-def _parse_spec(spec, n, where):
+def _parse_spec(spec: str, n: int, where: str) -> tuple:
     """(chunks, overlap) that a spec names for n blocks; see ``Plan.from_spec``."""
     if not isinstance(spec, str):
         raise TypeError(f"{where}: spec must be a string such as 'chunked(2)' or "

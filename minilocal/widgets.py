@@ -31,7 +31,7 @@ def _check_n_blocks(n_blocks, where):
     return check_int(where, "n_blocks", n_blocks, 1, MAX_DIAGRAM_BLOCKS)
 
 
-def parse_spec(spec, n_blocks):
+def parse_spec(spec: str, n_blocks: int) -> dict:
     """``"chunks=2,overlap=1"`` or a method name -> {'chunks': int, 'overlap': int} for n_blocks.
 
     Missing keys default to one block per chunk (chunks = n_blocks) and no overlap; the method
@@ -42,13 +42,13 @@ def parse_spec(spec, n_blocks):
     return {"chunks": plan.n_stages, "overlap": plan.overlap}
 
 
-def plan_from_spec(spec, n_blocks):
+def plan_from_spec(spec: str, n_blocks: int) -> Plan:
     """The Plan a spec names: ``n_blocks`` blocks in equal chunks with the given overlap."""
     _check_n_blocks(n_blocks, f"plan_from_spec({spec!r}, n_blocks={n_blocks!r})")
     return Plan.from_spec(spec, n_blocks)
 
 
-def plan_from_choice(method, n_blocks, n_chunks=2, overlap=1):
+def plan_from_choice(method: str, n_blocks: int, n_chunks: int = 2, overlap: int = 1) -> Plan:
     """The explorer's choice as a Plan; ``n_chunks`` counts only for chunked/general, ``overlap``
     only for overlapping/general."""
     check_choice("plan_from_choice", "method", method, METHODS)

@@ -29,7 +29,7 @@ DEFAULTS = dict(version=VERSION, dataset="mnist1d", model="mlp", n_blocks=4, wid
                 optimizer="adam", max_steps=2000, stop_loss=0.1, eval_ratio=1.1, seed=0, device="cpu")
 
 
-def make_plan(method, n_blocks):
+def make_plan(method: str, n_blocks: int) -> Plan:
     """Plan for a method name: backprop, greedy, overlapping (overlap 1) or chunkedK (K chunks);
     any ``Plan.from_spec`` spec works (configs cached under ``chunked2`` keep their key)."""
     return Plan.from_spec(method, n_blocks)

@@ -5,7 +5,7 @@ import numpy as np
 FLOOR = 1e-8  # below this |a| + |b| counts as zero: round-off on a zero gradient is not an error
 
 
-def rel_error(a, b):
+def rel_error(a, b) -> float:
     """max |a - b| / max(|a| + |b|, 1e-8) over same-shaped arrays (cs231n's measure; NaN if any
     entry is NaN, 0 for empty arrays): about 1e-7 or less means two gradients agree."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -73,7 +73,7 @@ def stage_program(stage, job):
     return losses
 
 
-def run_in_order(programs, n_steps, compute):
+def run_in_order(programs: list, n_steps: int, compute) -> list:
     """Drive stage programs synchronously: in each step t, stages take turns in order 0..K-1,
     each running until it waits for a message not sent yet; no stage starts step t + 1 before
     every stage is done with step t. ``compute(s, request)`` runs a Compute request. Returns the

@@ -14,7 +14,7 @@ from .program import StepTimer, run_in_order, stage_program
 from .timeline import Event
 
 
-def run_sequential(job, progress=False):
+def run_sequential(job, progress: bool = False) -> RunResult:
     """Train ``job`` synchronously; returns a RunResult (history, timeline, params, stats, wall)."""
     if job.delay:
         raise ValueError(f"run_sequential: the sequential runner is synchronous, but this job has "
