@@ -72,7 +72,7 @@ def train_delayed(net, batches, delay, on_step=None):
     steps late, stages in pipeline order each step; ``on_step(t)`` after every step's updates."""
     check_int("train_delayed", "delay", delay, 1, fix="for delay 0 use net.train_step")
     K, plan = len(net.stages), net.plan
-    reach = [plan.reach(s + 1) if s + 1 < K else 0 for s in range(K)]
+    reach = plan.receivers()
     inputs, messages = [{} for _ in range(K)], [{} for _ in range(K)]
     for t, (x, y) in enumerate(batches):
         h = x

@@ -47,7 +47,7 @@ class Recv:
 def stage_program(stage, job):
     """Run ``job.n_steps`` steps of one stage; returns its local losses (floats), one per step."""
     s, K = stage.index, job.plan.n_stages
-    reach_next = job.receivers()[s]
+    reach_next = job.plan.receivers()[s]
     losses, inputs = [], {}  # inputs: this stage's input of the steps whose message is pending
     for t in range(job.n_steps):
         x, y = job.batches(t) if s == 0 else (yield Recv("act", t))
