@@ -14,7 +14,8 @@ they register as ``numbers.Integral``.
 import numbers
 
 
-def _is_int(value):
+def is_int(value) -> bool:
+    """True for an int (numpy ints too), False for bool and everything else."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -35,7 +36,7 @@ def check_int(where: str, name: str, value, low: int = None, high: int = None, *
     """
     if none_ok and value is None:
         return None
-    if not _is_int(value):
+    if not is_int(value):
         got = f"{value!r} ({type(value).__name__})"
         raise TypeError(_fail(where, f"{name} must be an int{' or None' if none_ok else ''}, got {got}",
                               fix))

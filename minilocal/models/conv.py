@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..validate import _is_int, check_choice, check_int
+from ..validate import check_choice, check_int, is_int
 from .common import check_plan, seeded
 
 
@@ -111,7 +111,7 @@ def default_downsample(n_blocks):
 def check_downsample(where, downsample, n_blocks):
     downsample = default_downsample(n_blocks) if downsample is None else tuple(downsample)
     for l in downsample:
-        if not _is_int(l) or not 0 <= l < n_blocks:
+        if not is_int(l) or not 0 <= l < n_blocks:
             raise ValueError(f"{where}: downsample lists block indices in [0, {n_blocks - 1}] "
                              f"that halve the resolution, got {downsample!r}")
     return downsample
