@@ -184,10 +184,9 @@ def _job(args, overlap):
     from . import Plan, models
     from .runtime import Job, ModelSpec, RandomBatches, adam, mnist1d_batches
 
-    plan = {"greedy": lambda: Plan.greedy(args.blocks),
-            "overlapping": lambda: Plan.overlapping(args.blocks, overlap),
-            "chunked": lambda: Plan.chunked(args.blocks, args.chunks, overlap),
-            "backprop": lambda: Plan.backprop(args.blocks)}[args.plan]()
+    spec = {"overlapping": f"overlapping({overlap})",
+            "chunked": f"chunked({args.chunks}),overlap={overlap}"}.get(args.plan, args.plan)
+    plan = Plan.from_spec(spec, args.blocks)
     if args.data == "mnist1d":
         from .data import mnist1d
 

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from .plots import offscreen_figure, plot_history, png_bytes
+from .validate import check_int
 
 FIGSIZE = (6, 3.4)
 LIVE_DPI = 80  # the live PNG is FIGSIZE × LIVE_DPI = 480 × 272 pixels, shown at that size
@@ -53,12 +54,6 @@ def frontend_present():
     return bool(os.environ.get("JPY_SESSION_NAME")) or "google.colab" in sys.modules
 
 
-def _check_count(where, name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{where}: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 class Dashboard:
     """Per-stage losses of a run: ``log(step, losses)`` each step, ``show()`` at the end.
 
@@ -69,8 +64,8 @@ class Dashboard:
 
     def __init__(self, n_stages, every=10, title="local losses per stage", live=None,
                  min_interval=0.5):
-        self.n_stages = _check_count("Dashboard", "n_stages", n_stages, 1)
-        self.every = _check_count("Dashboard", "every", every, 1)
+        self.n_stages = check_int("Dashboard", "n_stages", n_stages, 1)
+        self.every = check_int("Dashboard", "every", every, 1)
         if not isinstance(min_interval, (int, float)) or isinstance(min_interval, bool) \
                 or not min_interval >= 0:
             raise ValueError(f"Dashboard: min_interval must be a number of seconds >= 0, "
@@ -95,7 +90,7 @@ class Dashboard:
 
     def log(self, step, losses):
         """Record step ``step``'s K losses (floats or 0-d tensors); a point every ``every`` steps."""
-        step = _check_count("Dashboard.log", "step", step, 1)
+        step = check_int("Dashboard.log", "step", step, 1)
         if step <= self._last_step:
             raise ValueError(f"Dashboard.log: steps must increase, got step {step} after step "
                              f"{self._last_step}; start a new Dashboard for a new run")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .validate import check_int
+
 
 def cache_dir():
     """Where generated data is cached: $MINILOCAL_CACHE or ~/.cache/minilocal."""
@@ -135,8 +137,7 @@ def mnist1d(num_samples=5000, seed=42, dtype=np.float32):
 
     Inputs are standardised with the training set's mean and std.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 10:
-        raise ValueError(f"mnist1d: num_samples must be an int >= 10, got {num_samples!r}")
+    check_int("mnist1d", "num_samples", num_samples, 10)
     raw = _mnist1d_arrays(num_samples, seed)
     mean, std = raw["x"].mean(), raw["x"].std()
     return {"x": ((raw["x"] - mean) / std).astype(dtype), "y": raw["y"].astype(np.int64),

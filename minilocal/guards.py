@@ -143,3 +143,24 @@ def check_modules(blocks, heads, plan):
                 raise ValueError(f"LocalNet: {kind} {i} is the same module object as {seen[id(m)]}; "
                                  f"build a separate module for each block and head")
             seen[id(m)] = f"{kind} {i}"
+    check_shared_parameters(blocks, heads, plan)
+
+
+def check_shared_parameters(blocks: list, heads: list, plan) -> None:
+    """Refuse a parameter (or buffer) held by modules of two stages, as torchgpipe does: each
+    stage's optimizer would update it, and a loss would train a block outside ``trained_by``."""
+    owner = {}  # id(tensor) -> (stage, where it was first seen)
+    modules = [(plan.stage_of(b), f"block {b}", m) for b, m in enumerate(blocks)]
+    modules += [(s, f"head {s}", m) for s, m in enumerate(heads)]
+    for s, where, module in modules:
+        tensors = [*module.named_parameters(remove_duplicate=False),
+                   *module.named_buffers(remove_duplicate=False)]
+        for name, t in tensors:
+            first = owner.setdefault(id(t), (s, f"{where} ({name})"))
+            if first[0] != s:
+                raise ValueError(f"LocalNet: {first[1]} of stage {first[0]} and {where} ({name}) "
+                                 f"of stage {s} share one tensor of shape {tuple(t.shape)}; a "
+                                 f"tensor must belong to one stage, or two stages' optimizers "
+                                 f"would update it. Untie them (give each its own module, e.g. a "
+                                 f"head's own nn.Linear instead of the embedding's weight) or "
+                                 f"put both modules in one stage")

@@ -251,20 +251,38 @@ class LocalNet(nn.Module):
             modules = [*(self.blocks[b] for b in idx), self.heads[s]]
             for m in modules:
                 m.to(devices[s])
-            opt = optimizer([p for m in modules for p in m.parameters()])
+            opt = optimizer(list(dict.fromkeys(p for m in modules for p in m.parameters())))  # tied: once
             if not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"LocalNet: optimizer(params) for stage {s} returned "
                                 f"{type(opt).__name__}, expected a torch.optim.Optimizer")
             self.stages.append(Stage(s, modules[:-1], modules[-1], opt, plan.reach(s), devices[s],
                                      loss_fn))
         # Stage t's graph lives until the last later stage whose loss reaches into it is done.
-        last_user = [max((u for u in range(t + 1, plan.n_stages)
-                          if plan.trained_by(u)[0] <= plan.stages[t][-1]), default=None)
-                     for t in range(plan.n_stages)]
+        last_user = [plan.last_user(t) for t in range(plan.n_stages)]
         for stage, last in zip(self.stages, last_user):
             stage.keep_graph = last is not None
         self._free_after = [[t for t, last in enumerate(last_user) if last == s]
                             for s in range(plan.n_stages)]
+
+    def _apply(self, fn, *args, **kwargs):
+        """``net.to(...)``, ``.cuda()``, ``.double()`` move every module at once; afterwards each
+        stage reads its device back from its tensors and its optimizer state follows them (one
+        device per stage needs ``to_devices``)."""
+        super()._apply(fn, *args, **kwargs)
+        for stage in getattr(self, "stages", []):
+            held = {id(p) for group in stage.optimizer.param_groups for p in group["params"]}
+            if held != {id(p) for p in stage.parameters()}:
+                raise RuntimeError(f"LocalNet: this conversion replaced stage {stage.index}'s "
+                                   f"parameters with new tensors (a move to 'meta' does), so its "
+                                   f"optimizer no longer holds them; build the LocalNet with "
+                                   f"devices=... instead")
+            tensor = next((t for m in [*stage.blocks, stage.head]
+                           for t in [*m.parameters(), *m.buffers()]), None)
+            if tensor is not None:
+                stage.device = tensor.device
+            stage.release()
+            stage.optimizer.load_state_dict(stage.optimizer.state_dict())
+        return self
 
     def to_devices(self, devices):
         """Move stage s (blocks, head, optimizer state) to devices[s]; one device moves them all."""
@@ -312,8 +330,12 @@ class LocalNet(nn.Module):
         return specs
 
     def _run(self, x, y, update):
+        """One synchronous step, stages in order. This loop is the readable version of the stage
+        program (``runtime.program``), kept because it also serves ``local_backward`` (no update)
+        and delivers messages more than one stage back; tests/test_runtime.py holds it bitwise
+        equal to ``run_sequential``, which drives the program itself."""
         self._check_pair(x, y)
-        results, h = [], x
+        losses, h = [], x  # only the losses outlive their stage: h holds one activation at a time
         for s, stage in enumerate(self.stages):
             res = stage_step(stage, h, y, update=update and not stage.keep_graph)
             grad, remaining, t = res.grad_in, stage.reach, s - 1
@@ -323,9 +345,9 @@ class LocalNet(nn.Module):
                 t -= 1
             for t in self._free_after[s]:  # no later loss needs stage t's graph any more
                 self.stages[t].update() if update else self.stages[t].release()
-            results.append(res)
+            losses.append(res.loss)
             h = res.x_out
-        losses = [float(r.loss) for r in results]
+        losses = [float(loss) for loss in losses]
         if not all(map(math.isfinite, losses)):  # no NaN gradient may reach a later step
             for stage in self.stages:
                 stage.discard()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .validate import check_choice, check_int
+
 KINDS = ("arithmetic", "grammar", "mixed")
 NOUNS = ("cat", "dog", "bird", "fox", "frog", "horse", "robot", "farmer")
 VERBS = ("see", "chase", "like", "follow", "find", "help")
@@ -47,12 +49,9 @@ def make_corpus(n_lines=2000, seed=0, kind="mixed", max_digits=3):
     kind: "arithmetic" (a+b=c with up to ``max_digits`` digits per operand), "grammar", or "mixed"
     (each line either, with equal odds).
     """
-    if isinstance(n_lines, bool) or not isinstance(n_lines, int) or n_lines < 1:
-        raise ValueError(f"make_corpus: n_lines must be an int >= 1, got {n_lines!r}")
-    if kind not in KINDS:
-        raise ValueError(f"make_corpus: kind must be one of {KINDS}, got {kind!r}")
-    if isinstance(max_digits, bool) or not isinstance(max_digits, int) or not 1 <= max_digits <= 18:
-        raise ValueError(f"make_corpus: max_digits must be an int in [1, 18], got {max_digits!r}")
+    check_int("make_corpus", "n_lines", n_lines, 1)
+    check_choice("make_corpus", "kind", kind, KINDS)
+    check_int("make_corpus", "max_digits", max_digits, 1, 18)
     rng = np.random.default_rng(seed)
     lines = []
     for _ in range(n_lines):
@@ -113,11 +112,8 @@ def lm_dataset(ids, block_size, stride=None):
     if ids.ndim != 1 or ids.dtype.kind not in "iu":
         raise ValueError(f"lm_dataset: ids must be a 1-D integer array (tokenizer.encode(text)), "
                          f"got shape {ids.shape} and dtype {ids.dtype}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"lm_dataset: block_size must be an int >= 1, got {block_size!r}")
-    stride = block_size if stride is None else stride
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"lm_dataset: stride must be an int >= 1, got {stride!r}")
+    check_int("lm_dataset", "block_size", block_size, 1)
+    stride = check_int("lm_dataset", "stride", block_size if stride is None else stride, 1)
     if len(ids) < block_size + 1:
         raise ValueError(f"lm_dataset: {len(ids)} ids are too few for one window of block_size "
                          f"{block_size} plus its target; use more text or a smaller block_size")

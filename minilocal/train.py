@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .checkpoint import data_hash, read_checkpoint, recipe_of, write_checkpoint
 from .data import check_writable
 from .local import LocalNet
+from .validate import check_int
 
 HISTORY_KEYS = ("step", "train_loss", "test_loss", "test_acc")
 
@@ -145,16 +146,14 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     n = len(x)
     for name, value in (("batch_size", batch_size), ("eval_every", eval_every),
                         ("eval_batch_size", eval_batch_size), ("checkpoint_every", checkpoint_every)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"fit: {name} must be a positive int, got {value!r}")
+        check_int("fit", name, value, 1, none_ok=True)
     if batch_size > n:
         raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} training examples")
     if (steps is None) == (epochs is None):
         raise ValueError(f"fit: give exactly one of steps or epochs, got steps={steps!r}, "
                          f"epochs={epochs!r}")
     steps = steps if epochs is None else epochs * (n // batch_size)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"fit: the number of steps must be a positive int, got {steps!r}")
+    check_int("fit", "the number of steps", steps, 1)
     if checkpoint is not None:
         check_writable(checkpoint, "fit: checkpoint")
     if device is not None:

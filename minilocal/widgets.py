@@ -22,77 +22,36 @@ import matplotlib.pyplot as plt
 
 from .plan import Plan
 from .plots import MAX_DIAGRAM_BLOCKS, offscreen_figure, plan_figsize, plot_plan, png_bytes, png_size
+from .validate import check_choice, check_int
 
 METHODS = ("backprop", "greedy", "overlapping", "chunked", "general")
-SPEC_KEYS = ("chunks", "overlap")
 
 
 def _check_n_blocks(n_blocks, where):
-    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= MAX_DIAGRAM_BLOCKS:
-        raise ValueError(f"{where}: n_blocks must be an int between 1 and {MAX_DIAGRAM_BLOCKS}, "
-                         f"got {n_blocks!r}")
-    return n_blocks
+    return check_int(where, "n_blocks", n_blocks, 1, MAX_DIAGRAM_BLOCKS)
 
 
-def _name(n_blocks, chunks, overlap):
-    """The usual name of the plan with ``chunks`` equal chunks and ``overlap``."""
-    if chunks == 1:
-        return "backprop"  # one stage: nothing before block 0 to overlap with
-    if chunks == n_blocks:
-        return "overlapping" if overlap else "greedy"
-    return f"chunked({chunks})" + (f", overlap {overlap}" if overlap else "")
-
-
-def parse_spec(spec, n_blocks):
+def parse_spec(spec: str, n_blocks: int) -> dict:
     """``"chunks=2,overlap=1"`` or a method name -> {'chunks': int, 'overlap': int} for n_blocks.
 
     Missing keys default to one block per chunk (chunks = n_blocks) and no overlap; the method
     names mean: backprop = chunks=1, greedy = chunks=n_blocks, overlapping = chunks=n_blocks,overlap=1.
+    The grammar is ``Plan.from_spec``'s.
     """
-    where = f"parse_spec({spec!r}, n_blocks={n_blocks!r})"
-    n = _check_n_blocks(n_blocks, where)
-    if not isinstance(spec, str):
-        raise TypeError(f"{where}: spec must be a string such as 'chunks=2,overlap=1', "
-                        f"got {type(spec).__name__}")
-    text = spec.replace(" ", "").lower()
-    named = {"backprop": "chunks=1", "greedy": f"chunks={n}", "overlapping": f"chunks={n},overlap=1"}
-    text = named.get(text, text)
-    if not text:
-        raise ValueError(f"{where}: spec is empty; write e.g. 'chunks=2,overlap=1' or 'greedy'")
-    values = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{where}: {item!r} is not key=value; write e.g. 'chunks=2,overlap=1' "
-                             f"or one of the names {sorted(named)}")
-        if key not in SPEC_KEYS:
-            raise ValueError(f"{where}: unknown key {key!r}; the keys are {list(SPEC_KEYS)}")
-        if key in values:
-            raise ValueError(f"{where}: {key!r} is given twice; give each key once")
-        if not value.isdigit():
-            raise ValueError(f"{where}: {key} must be a whole number, got {value!r}")
-        values[key] = int(value)
-    out = {"chunks": values.get("chunks", n), "overlap": values.get("overlap", 0)}
-    if not 1 <= out["chunks"] <= n:
-        raise ValueError(f"{where}: chunks must be between 1 and n_blocks ({n}), got {out['chunks']}")
-    if out["overlap"] > n - 1:
-        raise ValueError(f"{where}: overlap must be between 0 and n_blocks - 1 ({n - 1}), "
-                         f"got {out['overlap']}")
-    return out
+    plan = plan_from_spec(spec, n_blocks)
+    return {"chunks": plan.n_stages, "overlap": plan.overlap}
 
 
-def plan_from_spec(spec, n_blocks):
+def plan_from_spec(spec: str, n_blocks: int) -> Plan:
     """The Plan a spec names: ``n_blocks`` blocks in equal chunks with the given overlap."""
-    args = parse_spec(spec, n_blocks)
-    stages = Plan.chunked(n_blocks, args["chunks"]).stages
-    return Plan(stages, args["overlap"], name=_name(n_blocks, args["chunks"], args["overlap"]))
+    _check_n_blocks(n_blocks, f"plan_from_spec({spec!r}, n_blocks={n_blocks!r})")
+    return Plan.from_spec(spec, n_blocks)
 
 
-def plan_from_choice(method, n_blocks, n_chunks=2, overlap=1):
+def plan_from_choice(method: str, n_blocks: int, n_chunks: int = 2, overlap: int = 1) -> Plan:
     """The explorer's choice as a Plan; ``n_chunks`` counts only for chunked/general, ``overlap``
     only for overlapping/general."""
-    if method not in METHODS:
-        raise ValueError(f"plan_from_choice: method must be one of {list(METHODS)}, got {method!r}")
+    check_choice("plan_from_choice", "method", method, METHODS)
     n = _check_n_blocks(n_blocks, f"plan_from_choice({method!r}, n_blocks={n_blocks!r})")
     chunks = {"backprop": 1, "greedy": n, "overlapping": n}.get(method, n_chunks)
     k = overlap if method in ("overlapping", "general") else 0

@@ -55,7 +55,7 @@ def test_pipeline_time_pays_the_bubble_every_step():
 
 @pytest.mark.parametrize("call, message", [
     (lambda: equal_hardware_time(1, [1.0] * 4, 8, 3), r"4 stages need at least 4 devices, got n_devices=3"),
-    (lambda: equal_hardware_time(1, [1.0], 8, 0), r"n_devices must be a positive int, got 0"),
+    (lambda: equal_hardware_time(1, [1.0], 8, 0), r"n_devices must be an int >= 1, got 0"),
     (lambda: pipeline_time(1, [1.0, 1.0], 8, 4, microbatches=5), r"5 microbatches but only 4 examples per replica"),
     (lambda: pipeline_time(-1, [1.0], 8, 4), r"steps must be an int >= 0, got -1"),
     (lambda: pipeline_stage_flops(Plan.greedy(3), [UNIT] * 2, FREE), r"the plan has 3 blocks, got Flops for 2"),

@@ -134,15 +134,15 @@ def test_bad_override_is_refused_with_the_fix(monkeypatch):
         frontend_present()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"n_stages": 0}, "n_stages must be an int >= 1, got 0"),
-    ({"n_stages": 2.0}, "n_stages must be an int >= 1, got 2.0"),
-    ({"n_stages": 2, "every": 0}, "every must be an int >= 1, got 0"),
-    ({"n_stages": 2, "min_interval": -1}, "min_interval must be a number of seconds >= 0, got -1"),
-    ({"n_stages": 2, "live": "auto"}, "live must be None .*, got 'auto'"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"n_stages": 0}, ValueError, "n_stages must be an int >= 1, got 0"),
+    ({"n_stages": 2.0}, TypeError, r"n_stages must be an int, got 2.0 \(float\)"),
+    ({"n_stages": 2, "every": 0}, ValueError, "every must be an int >= 1, got 0"),
+    ({"n_stages": 2, "min_interval": -1}, ValueError, "min_interval must be a number of seconds >= 0, got -1"),
+    ({"n_stages": 2, "live": "auto"}, ValueError, "live must be None .*, got 'auto'"),
 ])
-def test_bad_arguments_name_the_argument_and_the_value(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_arguments_name_the_argument_and_the_value(kwargs, error, message):
+    with pytest.raises(error, match=message):
         Dashboard(**kwargs)
 
 

@@ -136,7 +136,7 @@ def test_mixed_corpus_has_both_kinds():
 
 @pytest.mark.parametrize("kwargs, match", [({"n_lines": 0}, "n_lines must be an int >= 1"),
                                            ({"kind": "poems"}, "kind must be one of"),
-                                           ({"max_digits": 0}, r"max_digits must be an int in")])
+                                           ({"max_digits": 0}, r"max_digits must be between 1 and 18")])
 def test_corpus_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_corpus(**{"n_lines": 10, **kwargs})

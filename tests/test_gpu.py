@@ -157,3 +157,19 @@ def test_fit_resume_on_cuda_is_bitwise(tmp_path):
     assert got == want
     for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
         assert a.is_cuda and torch.equal(a, b), name
+
+
+def test_module_to_cuda_moves_every_stage_and_its_optimizer_state():
+    adam = lambda ps: torch.optim.Adam(ps, lr=1e-2)  # noqa: E731
+    plan = Plan.overlapping(3)
+    cpu, moved = twins(plan, "cpu", optimizer=adam)
+    data = batches(4)
+    for x, y in data[:2]:
+        cpu.train_step(x, y)
+        moved.train_step(x, y)
+    moved.to("cuda")
+    assert all(stage.device.type == "cuda" for stage in moved.stages)
+    for x, y in data[2:]:
+        torch.testing.assert_close(moved.train_step(x, y), cpu.train_step(x, y), rtol=1e-10, atol=0)
+    assert_close_nets(cpu, moved)
+    assert moved.stages[2].optimizer.state[moved.stages[2].head.weight]["exp_avg"].is_cuda

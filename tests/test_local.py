@@ -289,6 +289,57 @@ def test_to_devices_keeps_training_and_optimizer_state():
     assert_params_equal(*nets)
 
 
+def test_module_to_a_device_that_replaces_parameters_is_refused():
+    plan = Plan.overlapping(3)
+    net = LocalNet(*mlp(plan), plan, optimizer=adam)
+    with pytest.raises(RuntimeError, match=r"replaced stage 0's parameters .* build the LocalNet "
+                                           r"with devices=\.\.\. instead"):
+        net.to("meta")  # tensors without storage: torch makes new Parameter objects
+
+
+def test_module_double_after_a_step_trains_like_a_float64_twin():
+    plan = Plan.greedy(2)
+    nets = [LocalNet(*mlp(plan), plan, optimizer=adam) for _ in range(2)]
+    x, y = batch()
+    for net in nets:
+        net.train_step(x, y)
+    nets[0].double()
+    nets[1].to(torch.float64)
+    for net in nets:  # Adam's moments follow the weights to float64: no dtype mix in the step
+        state = net.stages[1].optimizer.state[net.stages[1].head.weight]
+        assert state["exp_avg"].dtype == torch.float64
+    assert nets[0].train_step(x.double(), y) == nets[1].train_step(x.double(), y)
+    assert_params_equal(*nets)
+
+
+class Tied(nn.Module):
+    """A head whose weight is another module's tensor (the tied-embedding mistake)."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, h):
+        return h @ self.weight.T
+
+
+def test_a_parameter_shared_across_stages_is_refused():
+    blocks, heads = mlp(Plan.greedy(2), width=10)
+    heads[1] = Tied(blocks[1].weight)        # head 1 ties its own stage's block 1: allowed
+    LocalNet(blocks, heads, Plan.greedy(2))
+    heads[0] = Tied(blocks[1].weight)        # head 0 (stage 0) ties block 1 (stage 1): refused
+    with pytest.raises(ValueError, match=r"block 1 \(weight\) of stage 1 and head 0 \(weight\) of "
+                                         r"stage 0 share one tensor of shape \(10, 10\)"):
+        LocalNet(blocks, heads, Plan.greedy(2))
+
+
+def test_a_parameter_tied_inside_one_stage_is_optimized_once():
+    blocks, _ = mlp(Plan.backprop(2), width=10)
+    net = LocalNet(blocks, [Tied(blocks[1].weight)], Plan.backprop(2))
+    params = net.stages[0].optimizer.param_groups[0]["params"]
+    assert len(params) == len({id(p) for p in params}) == 4  # 2 weights + 2 biases, the tie once
+
+
 # --- errors at the boundary ---------------------------------------------------------------------
 def test_blocks_that_do_not_chain_name_the_stage_and_shape():
     plan = Plan.greedy(2)

@@ -220,7 +220,21 @@ def test_train_rejects_bad_arguments(data):
     params = init_mlp(Plan.greedy(2), d_in=40, width=8)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         train(params, Plan.greedy(2), data, optimizer="rmsprop")
-    with pytest.raises(ValueError, match="steps must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         train(params, Plan.greedy(2), data, steps=0)
     with pytest.raises(TypeError, match="plan must be a minilocal.Plan"):
         init_mlp("greedy")
+
+
+def test_rel_error_hand_worked_and_one_measure_with_the_checks():
+    from minilocal.checks import max_rel_error
+
+    assert rel_error([1.0, 2.0], [1.0, 2.5]) == pytest.approx(0.5 / 4.5, rel=1e-15)
+    assert rel_error([1e-10], [0.0]) == pytest.approx(1e-2, rel=1e-12)  # the 1e-8 floor
+    assert rel_error(np.zeros((0, 3)), np.zeros((0, 3))) == 0.0
+    assert np.isnan(rel_error([np.nan], [1.0]))
+    with pytest.raises(ValueError, match=r"shapes \(2,\) and \(1,\)"):
+        rel_error([1.0, 2.0], [1.0])
+    r = np.random.default_rng(0)
+    for a, b in [(r.normal(size=(3, 4)), r.normal(size=(3, 4))), (1e-9 * r.normal(size=5), np.zeros(5))]:
+        assert rel_error(a, b) == max_rel_error(a, b)

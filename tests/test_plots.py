@@ -199,7 +199,7 @@ def test_plan_from_choice_uses_only_the_controls_each_method_reads():
     assert plan_from_choice("general", 4, n_chunks=2, overlap=1) == Plan(((0, 1), (2, 3)), 1)
     with pytest.raises(ValueError, match="method must be one of .* got 'local'"):
         plan_from_choice("local", 4)
-    with pytest.raises(ValueError, match="n_blocks must be an int between 1 and 32, got 0"):
+    with pytest.raises(ValueError, match="n_blocks must be between 1 and 32, got 0"):
         plan_from_choice("greedy", 0)
 
 

@@ -51,6 +51,20 @@ def test_sequential_equals_localnet_train_step(plan):
     assert_same_params(run.params, {k: v.numpy() for k, v in net.state_dict().items()})
 
 
+def test_in_order_driver_names_stages_that_wait_forever():
+    from minilocal.runtime.program import Recv, run_in_order
+
+    def waits(s):
+        yield Recv("act", 0)  # nobody sends it
+
+    def done(s):
+        return [1.0]
+        yield
+
+    with pytest.raises(RuntimeError, match=r"stages \[1\] wait for messages nobody sends"):
+        run_in_order([done(0), waits(1)], 1, compute=None)
+
+
 def test_sequential_timeline_has_every_stage_step():
     job = make_job(Plan.overlapping(3), n_steps=4)
     tl = run_sequential(job).timeline
@@ -278,7 +292,7 @@ def test_cli_help_documents_torchrun_and_rejects_bad_plans(capsys):
     assert exit_.value.code == 0 and "--nnodes" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--plan", "chunked", "--chunks", "5", "--blocks", "3"])
-    assert exit_.value.code == 2 and "n_chunks must be between 1 and 3" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "chunks must be between 1 and n_blocks (3), got 5" in capsys.readouterr().err
 
 
 def test_notebook_defined_recipes_are_refused_before_any_process_starts(monkeypatch):

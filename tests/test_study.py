@@ -25,7 +25,7 @@ def test_train_delayed_equals_the_simulator_bit_for_bit(plan, delay):
 
 def test_train_delayed_refuses_delay_zero():
     net = LocalNet(*models.mlp(Plan.overlapping(2), width=8), Plan.overlapping(2))
-    with pytest.raises(ValueError, match=r"delay must be an int >= 1 \(0 is net.train_step\), got 0"):
+    with pytest.raises(ValueError, match=r"delay must be an int >= 1, got 0; for delay 0 use net.train_step"):
         study.train_delayed(net, [], 0)
 
 

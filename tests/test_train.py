@@ -233,9 +233,9 @@ def test_device_auto_and_float64_models(toy_data, capsys):
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(steps=2, epochs=1), ValueError, "give exactly one of steps or epochs"),
     (dict(), ValueError, "give exactly one of steps or epochs"),
-    (dict(steps=0), ValueError, "the number of steps must be a positive int, got 0"),
+    (dict(steps=0), ValueError, "the number of steps must be an int >= 1, got 0"),
     (dict(steps=2, batch_size=1000), ValueError, "batch_size 1000 is larger than the 240"),
-    (dict(steps=2, eval_every=0), ValueError, "eval_every must be a positive int, got 0"),
+    (dict(steps=2, eval_every=0), ValueError, "eval_every must be an int >= 1, got 0"),
     (dict(steps=2, lr_schedule="linear"), ValueError, "lr_schedule must be None, 'cosine' or"),
     (dict(steps=2, lr_schedule=lambda t: -1), ValueError, r"lr_schedule\(0\) returned -1"),
 ])

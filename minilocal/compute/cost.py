@@ -37,6 +37,7 @@ optimizer updates and the elementwise ops FlopCounterMode does not count.
 import math
 
 from ..plan import Plan
+from ..validate import check_int, check_positive
 
 
 def describe_cost_model():
@@ -60,37 +61,25 @@ def stage_flops(plan, block_flops, head_flops):
     return work
 
 
-def _check_positive(name, value, where, allow_none=False, integer=True):
-    if allow_none and value is None:
-        return value
-    kind = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        what = "a positive int" if integer else "a positive number"
-        raise ValueError(f"{where}: {name} must be {what}{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
-    return value
-
-
 def step_flops(stage_work, batch):
     """Total FLOPs of one training step: batch * sum of the per-example stage work."""
-    _check_positive("batch", batch, "step_flops")
+    check_int("step_flops", "batch", batch, 1)
     return batch * float(sum(stage_work))
 
 
 def step_time(stage_work, batch, throughput=1e12, devices_per_stage=None):
     """Idealized seconds per step: max_s W_s * ceil(batch / devices_per_stage) / throughput."""
     where = "step_time"
-    _check_positive("batch", batch, where)
-    _check_positive("throughput", throughput, where, integer=False)
-    _check_positive("devices_per_stage", devices_per_stage, where, allow_none=True)
+    check_int(where, "batch", batch, 1)
+    check_positive(where, "throughput", throughput)
+    check_int(where, "devices_per_stage", devices_per_stage, 1, none_ok=True)
     per_device = 1 if devices_per_stage is None else math.ceil(batch / devices_per_stage)
     return max(stage_work) * per_device / throughput
 
 
 def idealized_time(steps, stage_work, batch, throughput=1e12, devices_per_stage=None):
     """Idealized seconds for ``steps`` steps: (steps + K - 1) * step_time, and 0 for 0 steps."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"idealized_time: steps must be an int >= 0, got {steps!r}")
+    check_int("idealized_time", "steps", steps, 0)
     if steps == 0:
         return 0.0
     fill = len(stage_work) - 1
@@ -98,7 +87,7 @@ def idealized_time(steps, stage_work, batch, throughput=1e12, devices_per_stage=
 
 
 def _check_devices(n_devices, n_stages, where):
-    _check_positive("n_devices", n_devices, where)
+    check_int(where, "n_devices", n_devices, 1)
     if n_devices < n_stages:
         raise ValueError(f"{where}: {n_stages} stages need at least {n_stages} devices, got "
                          f"n_devices={n_devices}; give every stage a device of its own")
@@ -133,13 +122,12 @@ def pipeline_time(steps, pipeline_work, batch, n_devices, microbatches=None, thr
     x N // K replicas, every step paying the bubble: (M + K - 1) * max V_s * ceil(b / M) / R with
     b = ceil(B / D) examples per replica and M microbatches (default b: one example each)."""
     where = "pipeline_time"
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"{where}: steps must be an int >= 0, got {steps!r}")
-    _check_positive("batch", batch, where)
-    _check_positive("throughput", throughput, where, integer=False)
+    check_int(where, "steps", steps, 0)
+    check_int(where, "batch", batch, 1)
+    check_positive(where, "throughput", throughput)
     K = len(pipeline_work)
     per_replica = math.ceil(batch / min(batch, _check_devices(n_devices, K, where)))
-    M = per_replica if microbatches is None else _check_positive("microbatches", microbatches, where)
+    M = per_replica if microbatches is None else check_int(where, "microbatches", microbatches, 1)
     if M > per_replica:
         raise ValueError(f"{where}: {M} microbatches but only {per_replica} examples per replica; "
                          f"use at most {per_replica}")

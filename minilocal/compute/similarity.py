@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..local import cross_entropy, kept_buffers
 from ..plan import Plan
+from ..validate import check_int
 
 
 def plan_gradients(blocks, heads, plan, x, y, loss_fn=cross_entropy):
@@ -72,8 +73,7 @@ def similarity_over_training(net, x, y, probe, steps, every, batch, seed=0):
     from .sweep import sample_batches
 
     for name, value in (("steps", steps), ("every", every), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"similarity_over_training: {name} must be an int >= 1, got {value!r}")
+        check_int("similarity_over_training", name, value, 1)
     heads = [stage.head for stage in net.stages]
     history = {"step": [], "cosine": []}
     batches = sample_batches(len(x), batch, seed)

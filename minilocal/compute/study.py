@@ -19,6 +19,7 @@ import time
 import torch
 
 from ..local import LocalNet, receive_stale_grad, stage_step
+from ..validate import check_int
 from .cost import equal_hardware_time, pipeline_time, stage_flops
 from .flops import model_flops
 from .sweep import config_key, eval_schedule, make_plan, sample_batches
@@ -69,10 +70,9 @@ def build(c):
 def train_delayed(net, batches, delay, on_step=None):
     """Train ``net`` on ``batches`` (an iterable of (x, y)) with overlap messages ``delay`` >= 1
     steps late, stages in pipeline order each step; ``on_step(t)`` after every step's updates."""
-    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 1:
-        raise ValueError(f"train_delayed: delay must be an int >= 1 (0 is net.train_step), got {delay!r}")
+    check_int("train_delayed", "delay", delay, 1, fix="for delay 0 use net.train_step")
     K, plan = len(net.stages), net.plan
-    reach = [plan.reach(s + 1) if s + 1 < K else 0 for s in range(K)]
+    reach = plan.receivers()
     inputs, messages = [{} for _ in range(K)], [{} for _ in range(K)]
     for t, (x, y) in enumerate(batches):
         h = x

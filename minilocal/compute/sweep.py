@@ -29,18 +29,10 @@ DEFAULTS = dict(version=VERSION, dataset="mnist1d", model="mlp", n_blocks=4, wid
                 optimizer="adam", max_steps=2000, stop_loss=0.1, eval_ratio=1.1, seed=0, device="cpu")
 
 
-def make_plan(method, n_blocks):
-    """Plan for a method name: backprop, greedy, overlapping (overlap 1) or chunkedK (K chunks)."""
-    if method == "backprop":
-        return Plan.backprop(n_blocks)
-    if method == "greedy":
-        return Plan.greedy(n_blocks)
-    if method == "overlapping":
-        return Plan.overlapping(n_blocks, overlap=1)
-    if method.startswith("chunked") and method[len("chunked"):].isdigit():
-        return Plan.chunked(n_blocks, int(method[len("chunked"):]))
-    raise ValueError(f"make_plan: method must be 'backprop', 'greedy', 'overlapping' or "
-                     f"'chunkedK' (e.g. 'chunked2'), got {method!r}")
+def make_plan(method: str, n_blocks: int) -> Plan:
+    """Plan for a method name: backprop, greedy, overlapping (overlap 1) or chunkedK (K chunks);
+    any ``Plan.from_spec`` spec works (configs cached under ``chunked2`` keep their key)."""
+    return Plan.from_spec(method, n_blocks)
 
 
 def sweep_configs(methods, batch_sizes, lrs, **overrides):

@@ -2,10 +2,19 @@
 import numpy as np
 
 
-def rel_error(a, b):
-    """max |a - b| / max(|a| + |b|, tiny): about 1e-7 or less means the gradients agree."""
+FLOOR = 1e-8  # below this |a| + |b| counts as zero: round-off on a zero gradient is not an error
+
+
+def rel_error(a, b) -> float:
+    """max |a - b| / max(|a| + |b|, 1e-8) over same-shaped arrays (cs231n's measure; NaN if any
+    entry is NaN, 0 for empty arrays): about 1e-7 or less means two gradients agree."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-12)))
+    if a.shape != b.shape:
+        raise ValueError(f"rel_error: the arrays have shapes {a.shape} and {b.shape}; compare "
+                         f"arrays of one shape (broadcasting would hide a mistake)")
+    if not a.size:
+        return 0.0
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), FLOOR)))
 
 
 def numerical_grad(f, x, eps=1e-6):

@@ -6,6 +6,7 @@ History format (shared with the torch loop): a dict of lists, one entry per eval
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..validate import check_choice, check_int
 from .layers import softmax_cross_entropy_fwd
 from .mlp import forward, local_grads
 from .optim import SGD, Adam
@@ -24,11 +25,9 @@ def evaluate(params, x, y, plan, activation="relu"):
 def train(params, plan, data, steps=1000, batch_size=128, optimizer="adam", lr=1e-3,
           momentum=0.9, eval_every=100, seed=0, activation="relu", progress=True):
     """Train ``params`` in place with the Plan's local gradients; returns the history dict."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"train: optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    check_choice("train", "optimizer", optimizer, sorted(OPTIMIZERS))
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train: {name} must be a positive int, got {value!r}")
+        check_int("train", name, value, 1)
     kwargs = {"lr": lr, "momentum": momentum} if optimizer == "sgd" else {"lr": lr}
     opt = OPTIMIZERS[optimizer](params, **kwargs)
     x, y = data["x"].astype(next(iter(params.values())).dtype), data["y"]

@@ -10,10 +10,12 @@
 
 Only stage 0 reads the batch source; labels travel with the activations, as from a data loader.
 
-The simulator answers in simulated time, the distributed worker with torch.distributed. Because
-both run this one program, their numerics can differ only through the order the Job fixes.
+``run_in_order`` answers at once, stages in turn, one step at a time (the sequential runner); the
+simulator answers in simulated time, the distributed worker with torch.distributed. Because all
+three run this one program, their numerics can differ only through the order the Job fixes.
 """
 import time
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 
@@ -45,7 +47,7 @@ class Recv:
 def stage_program(stage, job):
     """Run ``job.n_steps`` steps of one stage; returns its local losses (floats), one per step."""
     s, K = stage.index, job.plan.n_stages
-    reach_next = job.receivers()[s]
+    reach_next = job.plan.receivers()[s]
     losses, inputs = [], {}  # inputs: this stage's input of the steps whose message is pending
     for t in range(job.n_steps):
         x, y = job.batches(t) if s == 0 else (yield Recv("act", t))
@@ -69,6 +71,49 @@ def stage_program(stage, job):
         for t in range(max(0, job.n_steps - job.delay), job.n_steps):
             yield Recv("grad", t)
     return losses
+
+
+def run_in_order(programs: list, n_steps: int, compute) -> list:
+    """Drive stage programs synchronously: in each step t, stages take turns in order 0..K-1,
+    each running until it waits for a message not sent yet; no stage starts step t + 1 before
+    every stage is done with step t. ``compute(s, request)`` runs a Compute request. Returns the
+    programs' return values (per stage, its list of losses)."""
+    K = len(programs)
+    mail = {(channel, s): deque() for channel in ("act", "grad") for s in range(K)}
+    pending, results = [None] * K, [None] * K  # the request each program waits on; its return
+
+    def advance(s, value):
+        try:
+            pending[s] = programs[s].send(value)
+        except StopIteration as done:
+            pending[s], results[s] = None, done.value
+
+    for s in range(K):
+        advance(s, None)
+    for t in range(n_steps + 1):  # the last round drains what follows the last step
+        moved = True
+        while moved:
+            moved = False
+            for s in range(K):
+                while pending[s] is not None and (pending[s].step <= t or t == n_steps):
+                    request, value = pending[s], None
+                    if isinstance(request, Recv):
+                        box = mail[(request.channel, s)]
+                        if not box:
+                            break  # wait for the stage that sends it
+                        value = box.popleft()
+                    elif isinstance(request, Send):
+                        to = s + 1 if request.channel == "act" else s - 1
+                        mail[(request.channel, to)].append(request.value)
+                    else:
+                        value = compute(s, request)
+                    moved = True
+                    advance(s, value)
+    stuck = [s for s in range(K) if pending[s] is not None]
+    if stuck:
+        raise RuntimeError(f"run_in_order: stages {stuck} wait for messages nobody sends "
+                           f"({[pending[s] for s in stuck]}); the programs do not match")
+    return results
 
 
 class StepTimer:

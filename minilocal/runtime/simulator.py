@@ -21,6 +21,7 @@ from statistics import median
 
 import numpy as np
 
+from ..validate import check_int
 from .job import RunResult, stage_state
 from .program import Compute, Send, stage_program
 from .sequential import run_sequential
@@ -192,9 +193,7 @@ def simulate(job, costs, capacity=2, latency=0.0, jitter=0.0, seed=0):
             raise ValueError(f"simulate: costs must be numbers, a dict or 'measure', got {costs!r}")
         costs = measure_costs(job)
     table = cost_table(costs, job.plan.n_stages)
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ValueError(f"simulate: capacity must be an int >= 1 (messages a queue holds), "
-                         f"got {capacity!r}")
+    check_int("simulate", "capacity", capacity, 1, fix="capacity is the messages a queue holds")
     K = job.plan.n_stages
     jitter = [jitter] * K if isinstance(jitter, (int, float)) else list(jitter)
     for name, values in (("latency", [latency]), ("jitter", jitter)):

@@ -1,0 +1,118 @@
+"""LocalNet.train_step vs the same step written by hand in plain PyTorch, per method (CPU).
+
+Same MLP, same weights, same batch, same Adam. The hand loop is what a PyTorch user would write:
+each stage's input ``.detach()``-ed (``requires_grad_`` where the loss reaches back), its blocks,
+its head, its loss, ``backward``; an overlap message backpropagated into the previous stage's last
+block before that stage steps. A round times ``--repeats`` steps of every runner, one after the
+other (interleaved, so drift in machine load hits all of them), in process CPU time, which a busy
+shared machine disturbs far less than wall time. Each row shows per-step medians and the median of
+the per-round ratios with their spread (min..max over rounds). Targets: LocalNet / hand <= 1.03 per
+method; greedy / backprop (both LocalNet, one device) <= 1.1 at batch 1024.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/localnet_speed.py
+"""
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from minilocal import LocalNet, Plan, models
+
+METHODS = ("backprop", "greedy", "overlapping", "chunked(2)")
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-3)
+
+
+def hand_loop(blocks, heads, plan):
+    """The Plan's synchronous step in plain PyTorch (overlap reaching one block back at most)."""
+    stages = [[blocks[b] for b in idx] for idx in plan.stages]
+    opts = [adam([p for m in [*ms, h] for p in m.parameters()]) for ms, h in zip(stages, heads)]
+    reach = [plan.reach(s) for s in range(plan.n_stages)]
+
+    def step(x, y):
+        losses, h, prev_out = [], x, None
+        for s, (modules, head, opt) in enumerate(zip(stages, heads, opts)):
+            x_in = h.detach().requires_grad_(reach[s] > 0)
+            out = x_in
+            for block in modules:
+                out = block(out)
+            loss = F.cross_entropy(head(out), y)
+            keep = s + 1 < len(stages) and reach[s + 1] > 0
+            loss.backward(retain_graph=keep)
+            if reach[s]:  # the overlap message: d loss_s / d x_in into stage s-1's last block
+                last = stages[s - 1][-1]
+                torch.autograd.backward(prev_out, x_in.grad, inputs=list(last.parameters()))
+                opts[s - 1].step()
+                opts[s - 1].zero_grad(set_to_none=True)
+            if not keep:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            h, prev_out = out, out
+        return losses
+    return step
+
+
+def per_step(step, x, y, repeats):
+    start = time.process_time()
+    for _ in range(repeats):
+        step(x, y)
+    return (time.process_time() - start) / repeats
+
+
+def runners(n_blocks, width):
+    """{(method, runner): step function}, every net from the same initial weights."""
+    out = {}
+    for method in METHODS:
+        plan = Plan.from_spec(method, n_blocks)
+        blocks, heads = models.mlp(plan, d_in=40, width=width, n_classes=10)
+        hand = hand_loop(copy.deepcopy(blocks), copy.deepcopy(heads), plan)
+        out[(method, "LocalNet")] = LocalNet(blocks, heads, plan, optimizer=adam).train_step
+        out[(method, "hand")] = hand
+    return out
+
+
+def row(name, a, b):
+    ratios = [x / y for x, y in zip(a, b)]
+    print(f"{name:<42}{statistics.median(a) * 1e3:>10.2f}{statistics.median(b) * 1e3:>10.2f}"
+          f"{statistics.median(ratios):>9.3f}   {min(ratios):.3f}..{max(ratios):.3f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batches", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"MLP {args.blocks} blocks x {args.width}, Adam, CPU, 1 thread; per-step ms, median of "
+          f"{args.rounds} rounds x {args.repeats} steps; ratio median and min..max over rounds")
+    print(f"{'comparison':<42}{'a ms':>10}{'b ms':>10}{'a / b':>9}   spread")
+    for batch in args.batches:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 40, generator=gen)
+        y = torch.randint(0, 10, (batch,), generator=gen)
+        steps = runners(args.blocks, args.width)
+        for step in steps.values():  # warm-up: allocator, Adam state
+            for _ in range(2):
+                step(x, y)
+        times = {key: [] for key in steps}
+        for _ in range(args.rounds):
+            for key, step in steps.items():
+                times[key].append(per_step(step, x, y, args.repeats))
+        for method in METHODS:
+            row(f"batch {batch} {method}: LocalNet / hand", times[(method, "LocalNet")],
+                times[(method, "hand")])
+        row(f"batch {batch} LocalNet greedy / backprop", times[("greedy", "LocalNet")],
+            times[("backprop", "LocalNet")])
+
+
+if __name__ == "__main__":
+    main()
