@@ -11,6 +11,16 @@ seed, so the stage's weights equal the sequential build's; the other stages' mod
 before the optimizer is made. Its message shapes come from a dry run of batch 0 along its own
 replica's chain of stages (``chain_specs``): each rank runs only its own stage, with the
 sequential runner's input checks, and passes the result on.
+
+Why a device mesh: ``init_device_mesh`` creates every group of both dims collectively, in the
+order every rank must agree on, and names them; only its "replica" groups carry traffic (the
+point-to-point messages use global ranks). Why an all-reduce and not DistributedDataParallel:
+an overlapping plan adds a second backward into the same parameters per step (the message from
+stage s+1, applied after the local backward; with a delay, through a recomputed forward that
+DDP never sees). DDP reduces during the first backward and ignores the second, and under
+``no_sync`` the second backward reduces only the blocks it reaches (checked on gloo: in both
+cases the replicas' gradients differ). Averaging once, after every gradient of the step is in,
+is both simpler and exact.
 """
 import gc
 import time
