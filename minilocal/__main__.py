@@ -28,6 +28,7 @@ import sys
 EPILOG = """launchers:
   python -m minilocal train ...                 spawns one process per stage itself
   torchrun --standalone --nproc-per-node=K -m minilocal train ...
+  torchrun --standalone --nproc-per-node=K*D -m minilocal train --replicas D ...
   torchrun --nnodes=N --nproc-per-node=P --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT \\
            --rdzv-id=ID -m minilocal train ...  (on every node; N x P = number of stages)
   Under torchrun each worker exits when its agent dies and a lost peer ends the run within
@@ -37,10 +38,10 @@ EPILOG = """launchers:
 PLANS = ("greedy", "overlapping", "chunked", "backprop")
 # options that only some plans or runners read: giving them elsewhere is refused, not ignored
 PLAN_ONLY = {"chunks": ("chunked",), "overlap": ("overlapping", "chunked")}
-DISTRIBUTED_ONLY = ("backend", "device", "window", "timeout")
+DISTRIBUTED_ONLY = ("backend", "device", "window", "timeout", "replicas")
 LIMITS = {"blocks": (1, 64), "chunks": (1, 64), "overlap": (0, 63), "steps": (1, 10 ** 9),
           "batch_size": (1, 2 ** 16), "width": (1, 2 ** 16), "delay": (0, 10 ** 9),
-          "seed": (0, 2 ** 31 - 1), "window": (1, 1024)}
+          "seed": (0, 2 ** 31 - 1), "window": (1, 1024), "replicas": (1, 1024)}
 MAX_LR = 10.0          # Adam diverges long before this: a larger value is a typo
 MAX_TIMEOUT_S = 86400.0
 
@@ -126,6 +127,10 @@ def _train_parser(commands, defaults):
     add("--device", "auto", choices=["auto", "cpu"],
         help="auto: GPUs when present; cpu: every stage on the CPU (--runner distributed)")
     add("--window", 2, help="messages in flight per link (--runner distributed)")
+    add("--replicas", 1, help="data-parallel copies of each stage (--runner distributed): K "
+                              "stages x D replicas = K*D processes; each replica trains on "
+                              "1/D of every batch and a stage's replicas average gradients "
+                              "before each update (the batch size must divide by D)")
     add("--timeout", 60.0, type=_positive("timeout", MAX_TIMEOUT_S, "give seconds, e.g. 60"),
         help="seconds a message may take before the run stops with an error naming the stage "
              "(--runner distributed)")
@@ -201,20 +206,26 @@ def _job(args, overlap):
 
 
 def _check_world(args, job, under_torchrun):
-    """The processes a distributed run needs exist (or can): one per stage, GPUs for NCCL."""
+    """The processes a distributed run needs exist (or can): one per stage and replica, GPUs
+    for NCCL."""
     from .runtime.distributed import Options
 
     if args.runner != "distributed":
         return None
-    K = job.plan.n_stages
-    Options(args.backend, args.window, args.timeout, device=args.device)  # ValueError if not
-    if under_torchrun and int(os.environ["WORLD_SIZE"]) != K:
-        return (f"the plan has {K} stages but torchrun started {os.environ['WORLD_SIZE']} "
-                f"processes; start one per stage (nodes x --nproc-per-node = {K})")
+    K, D = job.plan.n_stages, args.replicas
+    Options(args.backend, args.window, args.timeout, device=args.device, replicas=D)
+    if args.batch_size % D:
+        return (f"--batch-size {args.batch_size} does not divide by --replicas {D}; every "
+                f"replica needs an equal shard: use a batch size that is a multiple of {D}")
+    if under_torchrun and int(os.environ["WORLD_SIZE"]) != K * D:
+        layout = f"{K} stages" if D == 1 else f"{K} stages x {D} replicas"
+        return (f"the plan has {layout} but torchrun started {os.environ['WORLD_SIZE']} "
+                f"processes; start one per stage{' and replica' if D > 1 else ''} "
+                f"(nodes x --nproc-per-node = {K * D})")
     if args.backend == "nccl":
         import torch
 
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", K))
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", K * D))
         if torch.cuda.device_count() < per_node:
             return (f"--backend nccl needs one GPU per process: {per_node} process(es) on this "
                     f"node but {torch.cuda.device_count()} GPU(s); use --backend auto or gloo")
@@ -239,7 +250,9 @@ def _report(args, job, result):
     from .train import evaluate
 
     K = job.plan.n_stages
-    where = f"{K} process(es)" if args.runner == "distributed" else f"the {args.runner} runner"
+    D = getattr(args, "replicas", 1)
+    where = (f"{K} stage(s) x {D} replica(s) = {K * D} process(es)" if D > 1 else
+             f"{K} process(es)") if args.runner == "distributed" else f"the {args.runner} runner"
     print(f"{job.plan!r} on {where}: {job.n_steps} steps in {result.wall:.2f} s")
     x, y, name = _test_set(args, job)
     test_loss, test_acc = evaluate(result.load_into(job.build()), x, y)
@@ -278,13 +291,15 @@ def train(args, job):
     if args.runner == "simulator":
         return _report(args, job, simulate(job, "measure"))
     if _under_torchrun():
-        opts = Options(args.backend, args.window, args.timeout, device=args.device)
+        opts = Options(args.backend, args.window, args.timeout, device=args.device,
+                       replicas=args.replicas)
         parts = torchrun_worker([job], opts)
         if parts is not None:
-            _report(args, job, merge([p[0] for p in parts], job))
+            _report(args, job, merge([p[0] for p in parts], job, args.replicas))
         return None
     return _report(args, job, run_distributed(job, args.backend, args.window, args.timeout,
-                                              device=args.device, progress=True))
+                                              device=args.device, progress=True,
+                                              replicas=args.replicas))
 
 
 def main(argv=None):

@@ -279,7 +279,7 @@ def test_cli_help_shows_every_default_and_explains_the_backend(capsys):
     text = capsys.readouterr().out.split("\nlaunchers:")[0]
     blocks = [" ".join(b.split()) for b in
               re.split(r"\n  (?=--)", text.split("show this help message and exit")[1])[1:]]
-    assert len(blocks) == 17
+    assert len(blocks) == 18
     for block in blocks:
         assert "default" in block, block
     backend = next(b for b in blocks if b.startswith("--backend"))

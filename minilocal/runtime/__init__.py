@@ -4,11 +4,13 @@
     ref = run_sequential(job)                       # the reference: stages in order, every step
     sim = simulate(job, costs=[1, 1, 1, 1])         # asynchronous schedule in simulated time
     run = run_distributed(job)                      # K processes, torch.distributed
+    dp = run_distributed(job, replicas=2)           # K stages x 2 data-parallel replicas
     plot_timelines({"simulated": sim.timeline, "processes": run.timeline}); plt.show()
 
 All runners return a RunResult with the same history, timeline and parameter formats; with
-synchronous semantics their parameters are bitwise equal. ``run_pipeline`` is the backprop
-baseline on ``torch.distributed.pipelining`` (GPipe, 1F1B).
+synchronous semantics their parameters are bitwise equal (with replicas: equal up to float
+rounding). ``run_pipeline`` is the backprop baseline on ``torch.distributed.pipelining`` (GPipe,
+1F1B), with replicas too.
 """
 from .distributed import run_distributed
 from .job import ArrayBatches, Job, ModelSpec, RandomBatches, RunResult, adam, mnist1d_batches, sgd

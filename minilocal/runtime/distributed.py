@@ -1,8 +1,8 @@
-"""The distributed runner: one process per stage, messages over torch.distributed.
+"""The distributed runner: one process per stage (and replica), messages over torch.distributed.
 
-Every rank rebuilds the Job's model from its recipe (same seed, so the same initial weights),
-keeps its own stage and runs the shared stage program (``program.py``), answering its requests
-with point-to-point messages:
+Every rank builds only its own stage from the Job's recipe (same seed, so the same initial
+weights; ``mesh.build_stage``) and runs the shared stage program (``program.py``), answering its
+requests with point-to-point messages:
 
 * forward: stage s sends its detached output of step t and the batch's labels to stage s+1
   (only stage 0 reads the batch source). Greedy and chunked plans send nothing else.
@@ -19,8 +19,16 @@ to ``window`` deep, every request is waited on, and a message that does not comp
 ``timeout`` seconds raises ``PeerTimeout`` naming the stage and its peer (a lost peer:
 ``PeerError``); both count as consequences, so the launcher reports the failing stage first.
 Every stage also beats the launcher's deadline (``launch.beat``), so a stage stuck in a step is
-stopped too. Stage 0, the one that reads the data, runs batch 0 through the whole net with the
-sequential runner's input checks before any message is sent (``shared_specs``).
+stopped too. Before any message is sent, batch 0 goes along the chain of stages, each running
+only itself with the sequential runner's input checks (``mesh.chain_specs``): a bad batch fails
+on stage 0 with the sequential error, and every stage learns its message shapes.
+
+Replicas (``replicas=D``): K·D processes on a (K, D) device mesh, rank s·D + r being replica r
+of stage s. Replica r of stage 0 reads shard r of each batch; replica r of a stage talks only to
+replica r of its neighbours; before each update the D replicas of a stage average their
+gradients (and loss) with a bucketed all-reduce over the mesh's "replica" group
+(``mesh.Averager``), after the backward message has been applied, so a run equals the
+full-batch one up to float rounding. K = 1 is data-parallel backprop.
 
 Devices and backends (``backend="auto"``): gloo on CPU; NCCL with one GPU per process when the
 node has at least as many GPUs as processes; with fewer GPUs, gloo with host staging (a stage
@@ -39,18 +47,21 @@ still costs that wait; and when the agent hosting the c10d store dies, the other
 RendezvousConnectionError.
 """
 import os
-import re
+import resource
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .job import Job, RunResult, stage_state
-from .launch import PeerError, PeerTimeout, beat, launch, watch_parent
+from .job import Job, RunResult
+from .launch import PeerError, PeerTimeout, beat, gloo_words, launch, watch_parent
+from .mesh import (Averager, Layout, build_stage, chain_specs, check_replicas, own_state,
+                   param_bytes, replica_group, shard)
 from .program import Compute, Send, StepTimer, stage_program
 from .timeline import Event
 
@@ -66,13 +77,15 @@ def stall_s(opts):
 
 @dataclass(frozen=True)
 class Options:
-    """How the workers run (not what they compute): backend, send window, timeout, threads,
-    and ``device``: "auto" (GPUs when present) or "cpu" (gloo on CPU even beside GPUs)."""
+    """How the workers run: backend, send window, timeout, threads, ``device`` ("auto": GPUs
+    when present; "cpu": gloo on CPU even beside GPUs) and ``replicas`` (data-parallel copies of
+    each stage; they change what is computed only by float rounding)."""
     backend: str = "auto"
     window: int = 2
     timeout: float = 60.0
     threads: int = None
     device: str = "auto"
+    replicas: int = 1
 
     def __post_init__(self):
         if self.backend not in ("auto", "gloo", "nccl"):
@@ -89,12 +102,7 @@ class Options:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"run_distributed: threads must be None or an int >= 1, "
                              f"got {self.threads!r}")
-
-
-def gloo_words(error):
-    """gloo's message without its source location and its boilerplate advice."""
-    text = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\] ", "", str(error))
-    return text.split(" This is typically caused")[0]
+        check_replicas("run_distributed", self.replicas)
 
 
 def placement(opts, world):
@@ -117,17 +125,22 @@ def placement(opts, world):
 
 
 class Links:
-    """One stage's messages: receives posted ahead, a window of sends in flight, timelines."""
+    """One rank's messages: receives posted ahead, a window of sends in flight, timelines.
 
-    def __init__(self, rank, job, specs, opts, device, staging, t0, timeline):
+    Replica r of stage s talks to replica r of stages s-1 and s+1: global ranks -/+ D."""
+
+    def __init__(self, rank, job, specs, opts, device, staging, t0, timeline, layout=None):
+        layout = layout or Layout(job.plan.n_stages)
         self.rank, self.opts, self.device, self.staging = rank, opts, device, staging
-        self.t0, self.timeline = t0, timeline
-        n = job.n_steps
-        self.peer = {"act": (rank - 1, rank + 1), "grad": (rank + 1, rank - 1)}  # (from, to)
-        self.expect = {"act": n if rank > 0 else 0, "grad": n if job.receivers()[rank] else 0}
-        outputs, labels = specs  # (shape, dtype) of every stage's output, and of the labels
-        self.parts = {"act": [outputs[rank - 1], labels] if rank > 0 else [],
-                      "grad": [outputs[rank]]}  # the tensors one message is made of
+        self.t0, self.timeline, self.layout = t0, timeline, layout
+        n, D = job.n_steps, layout.D
+        s, _ = layout.where(rank)
+        self.stage = s
+        self.peer = {"act": (rank - D, rank + D), "grad": (rank + D, rank - D)}  # (from, to)
+        self.expect = {"act": n if s > 0 else 0, "grad": n if job.receivers()[s] else 0}
+        inputs, outputs, labels = specs  # (shape, dtype) of this rank's input, output, labels
+        self.parts = {"act": [inputs, labels] if s > 0 else [],
+                      "grad": [outputs]}  # the tensors one message is made of
         self.ahead = {"act": opts.window, "grad": job.delay + 1}
         self.posted = {c: deque() for c in self.peer}
         self.n_posted = {c: 0 for c in self.peer}
@@ -152,21 +165,21 @@ class Links:
             for work in works:
                 work.wait(timedelta(seconds=self.opts.timeout))
         except RuntimeError as e:
+            me, them = self.layout.name(self.rank), self.layout.name(peer)
             if "timed out" in str(e).lower():
-                raise PeerTimeout(f"stage {self.rank} timed out after {self.opts.timeout:g} s "
-                                  f"waiting to {what} step {step} (peer: stage {peer}); is that "
-                                  f"stage stuck or dead? Slow stages need a larger timeout",
-                                  peer) from e
-            raise PeerError(f"stage {self.rank} could not {what} step {step} (peer: stage "
-                            f"{peer}): {gloo_words(e)}", peer) from e
+                raise PeerTimeout(f"{me} timed out after {self.opts.timeout:g} s waiting to "
+                                  f"{what} step {step} (peer: {them}); is that stage stuck or "
+                                  f"dead? Slow stages need a larger timeout", peer) from e
+            raise PeerError(f"{me} could not {what} step {step} (peer: {them}): "
+                            f"{gloo_words(e)}", peer) from e
         t_end = time.perf_counter()
         self.stats[f"{kind}_wait_s"] += t_end - t_start
-        self.timeline.append(Event(self.rank, kind, t_start - self.t0, t_end - self.t0, step))
+        self.timeline.append(Event(self.stage, kind, t_start - self.t0, t_end - self.t0, step))
 
     def recv(self, c, step):
         """The message of ``step`` on channel c: (activation, labels) for "act", else a tensor."""
         works, bufs, posted_step = self.posted[c].popleft()
-        assert posted_step == step, f"stage {self.rank}: {c} messages out of order"
+        assert posted_step == step, f"{self.layout.name(self.rank)}: {c} messages out of order"
         what = "receive the activation of" if c == "act" else "receive the backward message of"
         self._wait(works, what, self.peer[c][0], "recv", step)
         self._post(c)
@@ -199,7 +212,7 @@ def message_specs(net, x, y):
     return net.check_batch(x, y), (tuple(y.shape), y.dtype)
 
 
-def drive(program, links, timer, rank, t0, timeline, on_step=None):
+def drive(program, links, timer, t0, timeline, on_step=None):
     """Answer the stage program's requests for real; returns its result (the losses)."""
     value, limit = None, stall_s(links.opts)
     while True:
@@ -210,7 +223,8 @@ def drive(program, links, timer, rank, t0, timeline, on_step=None):
             return done.value
         if isinstance(request, Compute):
             value, spans = timer.run(request.kind, request.fn)
-            timeline.extend(Event(rank, k, a - t0, b - t0, request.step) for k, a, b in spans)
+            timeline.extend(Event(links.stage, k, a - t0, b - t0, request.step)
+                            for k, a, b in spans)
             if request.kind == "update":
                 beat(limit, steps=1)
                 if on_step is not None:
@@ -222,51 +236,54 @@ def drive(program, links, timer, rank, t0, timeline, on_step=None):
             value = links.recv(request.channel, request.step)
 
 
-def shared_specs(rank, net, job):
-    """Stage 0, the one that reads the data, checks batch 0 before any message is sent and
-    tells every stage the message shapes; a bad batch fails there, with the sequential error."""
-    box = [message_specs(net, *job.batches(0))] if rank == 0 else [None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def run_job(rank, world, job, opts, device, staging, on_step=None, group=None):
+    """One Job on this rank, inside an initialized process group; returns plain data.
 
-
-def run_job(rank, world, job, opts, device, staging, on_step=None):
-    """One Job on this rank, inside an initialized process group; returns plain data."""
-    if job.plan.n_stages != world:
-        raise ValueError(f"the plan has {job.plan.n_stages} stages but {world} processes were "
-                         f"started; start one process per stage "
-                         f"(torchrun --nproc-per-node={job.plan.n_stages})")
-    beat(STARTUP_S)  # building the net and meeting the others: startup time
-    net = job.build([device if s == rank else "cpu" for s in range(world)])
-    stage = net.stages[rank]
-    specs = shared_specs(rank, net, job)
+    group: this rank's replica group (from the mesh) when ``opts.replicas`` > 1."""
+    layout = Layout(job.plan.n_stages, opts.replicas)
+    if layout.world != world:
+        raise ValueError(f"the plan has {layout.K} stages x {layout.D} replica(s) = "
+                         f"{layout.world} processes, but {world} were started; start one process "
+                         f"per stage and replica (torchrun --nproc-per-node={layout.world})")
+    beat(STARTUP_S)  # building the stage and meeting the others: startup time
+    s, r = layout.where(rank)
+    stage, state, model_bytes = build_stage(job, s, device)
+    batches = job.batches if layout.D == 1 else (lambda t: shard(job.batches(t), r, layout.D))
+    specs = chain_specs(stage, layout, rank, batches(0) if s == 0 else None)
+    average = None if layout.D == 1 else Averager(group, layout, rank, opts.timeout, staging)
     timer, timeline = StepTimer(stage), []
     dist.barrier()
     t0 = time.perf_counter()
-    links = Links(rank, job, specs, opts, device, staging, t0, timeline)
-    losses = drive(stage_program(stage, job), links, timer, rank, t0, timeline, on_step)
+    links = Links(rank, job, specs, opts, device, staging, t0, timeline, layout)
+    losses = drive(stage_program(stage, job, batches, average), links, timer, t0, timeline,
+                   on_step)
     links.close()
     beat(STARTUP_S)  # the peers may still be finishing: their own deadlines watch them
     wall = time.perf_counter() - t0
+    stats = {**links.stats, **(average.stats if average else {}), "stage": s, "replica": r,
+             "param_bytes": param_bytes([*stage.blocks, stage.head]),
+             "model_param_bytes": model_bytes,
+             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     return {"losses": losses, "timeline": [tuple(e) for e in timeline], "wall": wall,
-            "params": stage_state(net, rank), "stats": links.stats}
+            "params": own_state(state), "stats": stats}
 
 
 def worker(rank, world, jobs, opts, gather=False, progress=False):
-    """A stage's process: join the group, run every Job, optionally gather all ranks' results on
-    rank 0 (torchrun, where rank 0 also shows a progress bar), barrier, leave. The rendezvous
-    comes from the environment."""
+    """A rank's process: join the group (and the mesh), run every Job, optionally gather all
+    ranks' results on rank 0 (torchrun, where rank 0 also shows a progress bar), barrier, leave.
+    The rendezvous comes from the environment."""
     beat(STARTUP_S)
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
     backend, device, staging = placement(opts, world)
     dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
                             rank=rank, world_size=world,
                             device_id=device if backend == "nccl" else None)
+    group = replica_group(opts, backend, world)
     # a bar only where it is shown: any tqdm makes a lock that a killed worker would leak
     bar = tqdm(total=sum(j.n_steps for j in jobs), desc="stage 0") if progress and rank == 0 \
         else None
     try:
-        parts = [run_job(rank, world, job, opts, device, staging, bar and bar.update)
+        parts = [run_job(rank, world, job, opts, device, staging, bar and bar.update, group)
                  for job in jobs]
     finally:
         if bar is not None:
@@ -291,48 +308,68 @@ def torchrun_worker(jobs, opts, progress=True):
     return parts if rank == 0 else None
 
 
-def merge(parts, job):
-    """One RunResult from every rank's plain data for the same Job (parts in rank order)."""
-    losses = [list(row) for row in zip(*(p["losses"] for p in parts))]
-    timeline = sorted((Event(*e) for p in parts for e in p["timeline"]),
+def merge(parts, job, replicas=1):
+    """One RunResult from every rank's plain data for the same Job (parts in rank order).
+
+    Losses, weights and timeline come from replica 0 of each stage, after checking that every
+    replica holds the same weights and losses bitwise (they average the same gradients); stats
+    keep one dict per rank, with its "stage" and "replica"."""
+    layout = Layout(job.plan.n_stages, replicas)
+    firsts = parts[::layout.D]
+    for rank, p in enumerate(parts):
+        first = firsts[layout.where(rank)[0]]
+        if p["losses"] != first["losses"] or any(
+                not np.array_equal(v, first["params"][k]) for k, v in p["params"].items()):
+            raise RuntimeError(f"{layout.name(rank)} ended with other weights or losses than "
+                               f"replica 0 of its stage: the replicas diverged")
+    losses = [list(row) for row in zip(*(p["losses"] for p in firsts))]
+    timeline = sorted((Event(*e) for p in firsts for e in p["timeline"]),
                       key=lambda e: (e.t_start, e.stage))
-    params = {k: v for p in parts for k, v in p["params"].items()}
+    params = {k: v for p in firsts for k, v in p["params"].items()}
     history = {"step": list(range(1, job.n_steps + 1)), "train_loss": losses}
     return RunResult(history, timeline, params, [p["stats"] for p in parts],
                      max(p["wall"] for p in parts))
 
 
 def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, device="auto",
-                    progress=False):
+                    progress=False, replicas=1):
     """Run a Job (or a list of Jobs with the same number of stages, one after another in one
-    process group) with one process per stage; returns a RunResult (or a list).
+    process group) with one process per stage and replica; returns a RunResult (or a list).
 
-    threads: torch threads per process (default: cores // K). timeout: seconds any message may
-    take. device "cpu" keeps every stage on the CPU where GPUs exist (e.g. to compare bitwise
-    with a CPU run). progress: a bar of the steps every stage has finished. Raises WorkerError
-    (the stage that failed first, then what followed) if a worker fails, dies or hangs.
+    replicas: D data-parallel copies of every stage (K·D processes on a (K, D) device mesh):
+    replica r of stage 0 reads shard r of each batch, and a stage's replicas average their
+    gradients before every update, so the run equals the full-batch one up to float rounding.
+    threads: torch threads per process (default: cores // (K·D)). timeout: seconds any message
+    or gradient average may take. device "cpu" keeps every stage on the CPU where GPUs exist
+    (e.g. to compare bitwise with a CPU run). progress: a bar of the steps every stage has
+    finished. Raises WorkerError (the stage that failed first, then what followed) if a worker
+    fails, dies or hangs.
     """
     single = isinstance(jobs, Job)
     jobs = [jobs] if single else list(jobs)
     if not jobs or not all(isinstance(j, Job) for j in jobs):
         raise TypeError(f"run_distributed: jobs must be a Job or a non-empty list of Jobs, "
                         f"got {jobs!r}")
-    world = jobs[0].plan.n_stages
-    if any(j.plan.n_stages != world for j in jobs):
+    K = jobs[0].plan.n_stages
+    if any(j.plan.n_stages != K for j in jobs):
         raise ValueError(f"run_distributed: all jobs must have the same number of stages, got "
                          f"{[j.plan.n_stages for j in jobs]}")
-    opts = Options(backend, window, timeout, threads, device)
+    opts = Options(backend, window, timeout, threads, device, replicas)
     for job in jobs:
         job.check_portable("run_distributed")
+        if replicas > 1:
+            check_replicas("run_distributed", replicas, job.batches(0)[0].shape[0])
+    layout = Layout(K, replicas)
     bar = tqdm(total=sum(j.n_steps for j in jobs), desc="distributed", disable=not progress)
 
-    def show(steps):  # the steps the slowest stage has finished
+    def show(steps):  # the steps the slowest rank has finished
         if int(min(steps)) > bar.n:
             bar.update(int(min(steps)) - bar.n)
     try:
-        parts = launch(worker, (jobs, opts), world, startup_s=STARTUP_S, progress=show)
+        parts = launch(worker, (jobs, opts), layout.world, startup_s=STARTUP_S, progress=show,
+                       names=layout.names())
     finally:
         bar.close()
-    results = [merge([parts[r][i] for r in range(world)], job) for i, job in enumerate(jobs)]
+    results = [merge([parts[r][i] for r in range(layout.world)], job, replicas)
+               for i, job in enumerate(jobs)]
     return results[0] if single else results
-

@@ -232,8 +232,9 @@ class RunResult:
 
     history: {"step": [1..n], "train_loss": [[loss of stage 0..K-1] per step]}; timeline: a list
     of ``Event(stage, kind, t_start, t_end, step)`` in seconds from the run's start; params: name
-    -> array as in ``LocalNet.state_dict()``; stats: one dict per stage; wall: seconds; grads:
-    the first step's gradients (pipeline runner only).
+    -> array as in ``LocalNet.state_dict()``; stats: one dict per process (per stage, or per
+    stage and replica in rank order); wall: seconds; grads: the first step's gradients
+    (pipeline runner only).
     """
     history: dict
     timeline: list

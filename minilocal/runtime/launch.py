@@ -20,6 +20,7 @@ import atexit
 import os
 import pickle
 import queue
+import re
 import signal
 import socket
 import sys
@@ -50,7 +51,7 @@ class WorkerError(RuntimeError):
 
 class PeerError(RuntimeError):
     """A stage failed because of another one (a lost connection, a message that never came);
-    ``peer`` is that stage's rank when known."""
+    ``peer`` is that stage's rank when known (a tuple of ranks when it is one of several)."""
 
     def __init__(self, message, peer=None):
         super().__init__(message)
@@ -59,6 +60,12 @@ class PeerError(RuntimeError):
 
 class PeerTimeout(PeerError, TimeoutError):
     """A message from or to a peer did not complete within the timeout."""
+
+
+def gloo_words(error):
+    """gloo's message without its source location and its boilerplate advice."""
+    text = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\] ", "", str(error))
+    return text.split(" This is typically caused")[0]
 
 
 def free_port():
@@ -109,7 +116,7 @@ def _is_consequence(e):
     return isinstance(e, PeerError) or any(sign in str(e) for sign in PEER_SIGNS)
 
 
-def _entry(rank, nprocs, port, parent, fn, args, results, life):
+def _entry(rank, nprocs, port, parent, fn, args, results, life, name):
     global _life
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,7 +128,7 @@ def _entry(rank, nprocs, port, parent, fn, args, results, life):
         try:  # pickled here, not in the queue's feeder thread, which would drop the error
             payload = pickle.dumps(value)
         except Exception as e:  # noqa: BLE001 - any pickling failure is the same report
-            raise TypeError(f"stage {rank}'s result could not be pickled to send it back "
+            raise TypeError(f"{name}'s result could not be pickled to send it back "
                             f"({type(e).__name__}: {e}); return plain data: lists, dicts, "
                             f"numbers, numpy arrays") from None
         results.put(("ok", rank, time.time(), payload))
@@ -197,62 +204,66 @@ class _Reports:
         return rank in self.done or rank in self.causes or rank in self.peers
 
 
-def _describe_exit(rank, pid, exitcode):
+def _describe_exit(name, pid, exitcode):
     if exitcode < 0:
-        return f"stage {rank} (pid {pid}) was killed by {signal.Signals(-exitcode).name}"
-    return (f"stage {rank} (pid {pid}) exited with code {exitcode} without reporting a result "
+        return f"{name} (pid {pid}) was killed by {signal.Signals(-exitcode).name}"
+    return (f"{name} (pid {pid}) exited with code {exitcode} without reporting a result "
             f"(an os._exit or a crash in native code; anything it printed is on stderr)")
 
 
-def _failure(reports, procs, hung):
+def _failure(reports, procs, hung, names):
     """One message: the first cause first, then what followed; tracebacks at the end."""
     reports.read(SETTLE_S)
     now = time.time()
 
     def raised(found):
-        return [(at, f"stage {r} raised {f.headline}", (r, f.traceback))
+        return [(at, f"{names[r]} raised {f.headline}", (names[r], f.traceback))
                 for r, (at, f) in found.items()]
     causes = raised(reports.causes)
-    causes += [(now, _describe_exit(r, p.pid, p.exitcode), None) for r, p in enumerate(procs)
+    causes += [(now, _describe_exit(names[r], p.pid, p.exitcode), None) for r, p in enumerate(procs)
                if p.exitcode is not None and not reports.heard(r)]
     causes += [(now, msg, None) for msg in hung]
     if not causes:  # only peers' errors: the stages they blame that are alive and silent
-        blamed = {f.peer for _, f in reports.peers.values()}
-        causes = [(now, f"stage {r} (pid {p.pid}) was still running but silent when its peers "
+        blamed = set()  # a peer is one rank, or a tuple of them (e.g. a stage's other replicas)
+        for _, f in reports.peers.values():
+            blamed |= set(f.peer) if isinstance(f.peer, tuple) else {f.peer}
+        causes = [(now, f"{names[r]} (pid {p.pid}) was still running but silent when its peers "
                         f"gave up on it: it is likely stuck (or far slower than the timeout)", None)
                   for r, p in enumerate(procs)
                   if r in blamed and p.exitcode is None and not reports.heard(r)]
     ordered = sorted(causes, key=lambda c: c[0]) + sorted(raised(reports.peers), key=lambda c: c[0])
     lines = [line for _, line, _ in ordered]
-    detail = "\n".join(f"stage {tb[0]} traceback:\n{tb[1]}" for _, _, tb in ordered if tb)
+    detail = "\n".join(f"{tb[0]} traceback:\n{tb[1]}" for _, _, tb in ordered if tb)
     return (f"distributed run failed: {lines[0]}" + "".join(f"\n  then {m}" for m in lines[1:])
             + (f"\n\n{detail}" if detail else ""))
 
 
-def _missed_deadlines(procs, life, reports):
+def _missed_deadlines(procs, life, reports, names):
     now, late, n = time.time(), [], len(procs)
     for r, p in enumerate(procs):
         if life[r] and now > life[r] and p.exitcode is None and not reports.heard(r):
-            late.append(f"stage {r} (pid {p.pid}) made no progress for {life[n + r]:g} s: it is "
+            late.append(f"{names[r]} (pid {p.pid}) made no progress for {life[n + r]:g} s: it is "
                         f"stuck (a step or a wait that never ends) or slower than its timeout "
                         f"allows (if it is only slow, raise the timeout)")
     return late
 
 
-def launch(fn, args, nprocs, timeout=None, startup_s=None, progress=None):
+def launch(fn, args, nprocs, timeout=None, startup_s=None, progress=None, names=None):
     """Run ``fn(rank, nprocs, *args)`` in ``nprocs`` processes; returns their results by rank.
 
     timeout: seconds for the whole run (None: no limit). startup_s: seconds a worker may take to
     its first ``beat`` (None: workers need not beat). progress: called with the list of steps
-    each worker has counted, while the run goes on.
+    each worker has counted, while the run goes on. names: how errors call each rank (default
+    "stage r").
     """
+    names = names or [f"stage {r}" for r in range(nprocs)]
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     # per rank: next deadline (0: none), the seconds it allowed, steps done; written by beat()
     life = ctx.Array("d", 3 * nprocs, lock=False)
     port = free_port()
     procs = [ctx.Process(target=_entry, daemon=True,
-                         args=(r, nprocs, port, os.getpid(), fn, args, results, life))
+                         args=(r, nprocs, port, os.getpid(), fn, args, results, life, names[r]))
              for r in range(nprocs)]
     pids, finished = [], False
     reports = _Reports(results)
@@ -271,13 +282,13 @@ def launch(fn, args, nprocs, timeout=None, startup_s=None, progress=None):
                 reports.read(SETTLE_S)  # an exit may come before its report has been read
             silent = [r for r, p in enumerate(procs)
                       if p.exitcode is not None and not reports.heard(r)]
-            hung = _missed_deadlines(procs, life, reports)
+            hung = _missed_deadlines(procs, life, reports, names)
             if reports.causes or reports.peers or silent or hung:
-                raise WorkerError(_failure(reports, procs, hung), pids)
+                raise WorkerError(_failure(reports, procs, hung, names), pids)
             if deadline is not None and time.monotonic() > deadline:
-                running = sorted(set(range(nprocs)) - set(reports.done))
+                running = [names[r] for r in sorted(set(range(nprocs)) - set(reports.done))]
                 raise WorkerError(f"distributed run did not finish within timeout={timeout} s; "
-                                  f"stages still running: {running}", pids)
+                                  f"still running: {', '.join(running)}", pids)
         finished = True
         return [reports.done[r] for r in range(nprocs)]
     finally:  # on success, error or KeyboardInterrupt: no worker outlives the call

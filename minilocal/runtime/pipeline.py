@@ -17,12 +17,14 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 from torch import nn
 
 from ..local import cross_entropy
 from .distributed import STARTUP_S, Options, placement
 from .job import RunResult
 from .launch import launch
+from .mesh import Averager, Layout, check_replicas, shard
 from .timeline import Event, fill_idle
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -52,92 +54,120 @@ def _record(module, rank, clock):
     module.register_full_backward_hook(end("backward"))
 
 
-def _step(schedule, rank, world, x, y):
+def _step(schedule, s, K, x, y):
     losses = []
-    if rank == 0:
+    if s == 0:
         schedule.step(x)
-    elif rank == world - 1:
+    elif s == K - 1:
         schedule.step(target=y, losses=losses)
     else:
         schedule.step()
     return [float(v.detach()) for v in losses]
 
 
-def _run_schedule(rank, world, job, name, n_microbatches, device):
+def _run_schedule(rank, job, name, n_microbatches, device, layout, groups, timeout):
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    module = pipeline_model(job)[rank].to(device)
+    s, r = layout.where(rank)
+    stage_group, replica_group = groups
+    module = pipeline_model(job)[s].to(device)
     optimizer = job.optimizer(list(module.parameters()))
-    stage = PipelineStage(module, rank, world, device)
+    stage = PipelineStage(module, s, layout.K, device, group=stage_group)
     kind = ScheduleGPipe if name == "gpipe" else Schedule1F1B
     schedule = kind(stage, n_microbatches, loss_fn=cross_entropy)
-    x, y = (v.to(device) for v in job.batches(0))
-    _step(schedule, rank, world, x, y)  # the first step infers shapes with an extra pass: discard
+    average = None if layout.D == 1 else \
+        Averager(replica_group, layout, rank, timeout, staging=False)
+    batches = (lambda t: job.batches(t)) if layout.D == 1 else \
+        (lambda t: shard(job.batches(t), r, layout.D))
+    x, y = (v.to(device) for v in batches(0))
+    _step(schedule, s, layout.K, x, y)  # the first step infers shapes with an extra pass: discard
     module.zero_grad(set_to_none=True)
     clock = {"events": [], "step": 0}
-    _record(module, rank, clock)
+    _record(module, s, clock)
     dist.barrier()
     clock["t0"] = t0 = time.perf_counter()
     losses, grads = [], None
     for t in range(job.n_steps):
         clock["step"] = t
-        x, y = (v.to(device) for v in job.batches(t))
-        losses.append(_step(schedule, rank, world, x, y))
-        if t == 0:
-            grads = {f"{rank}.{k}": p.grad.cpu().numpy().copy()
-                     for k, p in module.named_parameters()}
+        x, y = (v.to(device) for v in batches(t))
+        losses.append(_step(schedule, s, layout.K, x, y))
         u0 = time.perf_counter()
+        if average is not None:  # the replicas of this stage average before the update
+            mean = torch.tensor(losses[-1])  # (M,) microbatch losses on the last stage, else (0,)
+            average.reduce([p.grad for p in module.parameters()] + [mean], t)
+            losses[-1] = mean.tolist()
+        if t == 0:
+            grads = {f"{s}.{k}": p.grad.cpu().numpy().copy()
+                     for k, p in module.named_parameters()}
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        clock["events"].append(Event(rank, "update", u0 - t0, time.perf_counter() - t0, t))
+        clock["events"].append(Event(s, "update", u0 - t0, time.perf_counter() - t0, t))
     wall = time.perf_counter() - t0
-    params = {f"{rank}.{k}": p.detach().cpu().numpy().copy() for k, p in module.named_parameters()}
+    params = {f"{s}.{k}": p.detach().cpu().numpy().copy() for k, p in module.named_parameters()}
     return {"losses": losses, "timeline": [tuple(e) for e in clock["events"]], "grads": grads,
             "params": params, "wall": wall}
 
 
 def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
-    """A pipeline stage's process: one run per schedule name, each from the same initial weights."""
+    """A pipeline stage's process: one run per schedule name, each from the same initial weights.
+
+    With replicas, ranks form a (K, D) mesh: each pipeline is one "stage" group (the K stages of
+    replica r), and each stage averages its gradients over its "replica" group."""
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
     backend, device, _ = placement(opts, world)
     if backend != "nccl":
         device = torch.device("cpu")  # pipelining sends the stage's own tensors: keep them on CPU
     dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
                             rank=rank, world_size=world)
+    layout = Layout(world // opts.replicas, opts.replicas)
+    groups = (None, None)
+    if layout.D > 1:
+        mesh = init_device_mesh("cuda" if backend == "nccl" else "cpu", (layout.K, layout.D),
+                                mesh_dim_names=("stage", "replica"))
+        groups = (mesh.get_group("stage"), mesh.get_group("replica"))
     with warnings.catch_warnings():  # stage 0's inputs need no grad: its backward hook still fires
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        parts = [_run_schedule(rank, world, job, name, n_microbatches, device)
-                 for name in schedules]
+        parts = [_run_schedule(rank, job, name, n_microbatches, device, layout, groups,
+                               opts.timeout) for name in schedules]
     dist.barrier()
     dist.destroy_process_group()
     return parts
 
 
 def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", timeout=60.0,
-                 threads=None, device="auto"):
+                 threads=None, device="auto", replicas=1):
     """Backprop on ``job``'s model as a K-stage pipeline, once per schedule ("gpipe", "1f1b").
 
-    Returns {name: RunResult}: history holds the output loss, ``grads`` the first step's
-    gradients named as in ``nn.Sequential(*pipeline_model(job))``, the timeline has idle gaps.
+    replicas: D data-parallel pipelines (K·D processes); replica r pipelines shard r of each
+    batch in ``n_microbatches`` microbatches, and each stage averages its gradients over its D
+    replicas before the update. Returns {name: RunResult}: history holds the output loss,
+    ``grads`` the first step's gradients named as in ``nn.Sequential(*pipeline_model(job))``,
+    the timeline (replica 0's) has idle gaps.
     """
     schedules = [schedules] if isinstance(schedules, str) else list(schedules)
     bad = [s for s in schedules if s not in SCHEDULES]
     if bad or not schedules:
         raise ValueError(f"run_pipeline: schedules must be names from {SCHEDULES}, got {schedules}")
+    check_replicas("run_pipeline", replicas)
     batch = job.batches(0)[0].shape[0]
+    check_replicas("run_pipeline", replicas, batch)
     if isinstance(n_microbatches, bool) or not isinstance(n_microbatches, int) \
-            or n_microbatches < 1 or batch % n_microbatches:
+            or n_microbatches < 1 or (batch // replicas) % n_microbatches:
         raise ValueError(f"run_pipeline: n_microbatches must be a positive int dividing the batch "
-                         f"size ({batch}), got {n_microbatches!r}")
-    world = job.plan.n_stages
-    if world < 2:
-        raise ValueError("run_pipeline: the plan has 1 stage; a pipeline needs at least 2")
+                         f"size per replica ({batch // replicas}), got {n_microbatches!r}")
+    K = job.plan.n_stages
+    if K < 2:
+        raise ValueError("run_pipeline: the plan has 1 stage; a pipeline needs at least 2 "
+                         "(for data-parallel backprop alone use run_distributed(job, "
+                         "replicas=D) with Plan.backprop)")
     job.check_portable("run_pipeline")
+    layout = Layout(K, replicas)
     parts = launch(pipeline_worker, (job, schedules, n_microbatches,
-                                     Options(backend, 1, timeout, threads, device)), world)
+                                     Options(backend, 1, timeout, threads, device, replicas)),
+                   layout.world, names=layout.names())
     out = {}
     for i, name in enumerate(schedules):
-        ranks = [parts[r][i] for r in range(world)]
+        ranks = [parts[r][i] for r in range(0, layout.world, replicas)]  # replica 0 of each stage
         history = {"step": list(range(1, job.n_steps + 1)),
                    "train_loss": [[sum(v) / len(v)] for v in ranks[-1]["losses"]]}
         timeline = fill_idle(Event(*e) for p in ranks for e in p["timeline"])

@@ -4,11 +4,14 @@
 ``Stage.update`` and *asks* its driver for communication by yielding requests:
 
     Compute(kind, fn, step)  run fn now (kind: "step" = forward + local backward, "backward" =
-                             apply a backward message, "update" = optimizer step); returns fn()
+                             apply a backward message, "reduce" = average gradients over the
+                             stage's replicas, "update" = optimizer step); returns fn()
     Send(channel, value, step)    "act": (activation, labels) to stage s+1; "grad": a tensor to s-1
     Recv(channel, step)      blocking, in order; returns the value ("act" from s-1, "grad" from s+1)
 
 Only stage 0 reads the batch source; labels travel with the activations, as from a data loader.
+With data-parallel replicas, stage 0 reads its replica's shard (``batches``) and every stage
+averages its gradients with its replicas (``average``) just before each update.
 
 ``run_in_order`` answers at once, stages in turn, one step at a time (the sequential runner); the
 simulator answers in simulated time, the distributed worker with torch.distributed. Because all
@@ -44,13 +47,17 @@ class Recv:
     step: int
 
 
-def stage_program(stage, job):
-    """Run ``job.n_steps`` steps of one stage; returns its local losses (floats), one per step."""
+def stage_program(stage, job, batches=None, average=None):
+    """Run ``job.n_steps`` steps of one stage; returns its local losses (floats), one per step.
+
+    batches: t -> (x, y) for stage 0 (default ``job.batches``). average: (stage, t) -> mean loss
+    over the replicas, run after every gradient of step t is in (None: no replicas)."""
+    batches = batches or job.batches
     s, K = stage.index, job.plan.n_stages
     reach_next = job.plan.receivers()[s]
     losses, inputs = [], {}  # inputs: this stage's input of the steps whose message is pending
     for t in range(job.n_steps):
-        x, y = job.batches(t) if s == 0 else (yield Recv("act", t))
+        x, y = batches(t) if s == 0 else (yield Recv("act", t))
         if reach_next and job.delay:
             inputs[t] = x
         res = yield Compute("step", partial(stage_step, stage, x, y, update=False), t)
@@ -65,8 +72,9 @@ def stage_program(stage, job):
             else:
                 apply = partial(receive_grad, stage, grad, reach_next)
             yield Compute("backward", apply, t)
+        mean = None if average is None else (yield Compute("reduce", partial(average, stage, t), t))
         yield Compute("update", stage.update, t)
-        losses.append(float(res.loss))
+        losses.append(float(res.loss) if mean is None else mean)
     if reach_next:  # every message is received (no send left pending); the last `delay` go unused
         for t in range(max(0, job.n_steps - job.delay), job.n_steps):
             yield Recv("grad", t)

@@ -2,7 +2,8 @@
 
 A timeline is a list of ``Event(stage, kind, t_start, t_end, step)``, times in seconds from the
 run's start. Kinds: compute (forward, backward, update), communication (send, recv: time spent
-waiting on a message) and idle (waiting on nothing in particular, e.g. a pipeline bubble).
+waiting on a message; reduce: averaging gradients over a stage's replicas) and idle (waiting on
+nothing in particular, e.g. a pipeline bubble).
 Plot functions draw on ``ax`` (a new figure when None) and return ``(fig, ax)``; callers end
 with ``plt.show()``.
 """
@@ -11,10 +12,10 @@ from collections import namedtuple
 Event = namedtuple("Event", "stage kind t_start t_end step")
 
 COMPUTE = ("forward", "backward", "update")
-COMM = ("send", "recv")
+COMM = ("send", "recv", "reduce")
 KINDS = COMPUTE + COMM + ("idle",)
 COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "update": "#55A868",
-          "send": "#8172B3", "recv": "#B07AA1", "idle": "#DDDDDD"}
+          "send": "#8172B3", "recv": "#B07AA1", "reduce": "#C44E52", "idle": "#DDDDDD"}
 GAP = 0.004  # of the makespan: the white gap that keeps consecutive bars (micro-batches) apart
 
 
