@@ -159,7 +159,7 @@ class Job:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"Job: {name} must be an int >= {low}, got {value!r}")
         for s in range(1, self.plan.n_stages):
-            if self.plan.reach(s) > len(self.plan.stages[s - 1]):
+            if self.plan.hops(s) > 1:
                 raise ValueError(f"Job: loss {s} reaches {self.plan.reach(s)} blocks back but "
                                  f"stage {s - 1} has only {len(self.plan.stages[s - 1])}; the "
                                  f"runtime sends backward messages one hop only, so use overlap "
@@ -206,8 +206,7 @@ class Job:
 
     def receivers(self):
         """Per stage: how many of its blocks the next stage's loss trains (0: no message)."""
-        K = self.plan.n_stages
-        return [self.plan.reach(s + 1) if s + 1 < K else 0 for s in range(K)]
+        return self.plan.receivers()
 
 
 def stage_params(net, s):
