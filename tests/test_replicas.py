@@ -29,6 +29,7 @@ from minilocal.local import cross_entropy
 from minilocal.runtime import (Job, ModelSpec, RandomBatches, WorkerError, pipeline_model,
                                run_distributed, run_pipeline, run_sequential, sgd, simulate)
 from minilocal.runtime.distributed import merge
+from test_distributed import spawned_children  # the same helper as the single-replica fault tests
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 torch.set_num_threads(1)
@@ -60,18 +61,6 @@ class FirstHalf(RandomBatches):
     def __call__(self, t):
         x, y = RandomBatches(self.batch_size, self.d_in, self.n_classes, self.seed)(t)
         return x[:self.batch_size // 2], y[:self.batch_size // 2]
-
-
-def spawned_children():
-    me, out = str(os.getpid()), set()
-    for d in Path("/proc").iterdir():
-        try:
-            ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            if ppid == me and b"spawn_main" in (d / "cmdline").read_bytes():
-                out.add(int(d.name))
-        except (OSError, IndexError):
-            continue
-    return out
 
 
 def test_two_stages_by_two_replicas_equal_sequential_and_simulator():
