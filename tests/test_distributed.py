@@ -54,6 +54,7 @@ class FaultyBatches(RandomBatches):
     step: int = 3
     action: str = "kill"
     stamp: str = ""
+    message: str = "fails on purpose"
 
     def __call__(self, t):
         if t == self.step and os.environ.get("RANK") == str(self.rank):
@@ -63,6 +64,8 @@ class FaultyBatches(RandomBatches):
                 os.kill(os.getpid(), signal.SIGKILL)
             if self.action == "interrupt":
                 os.kill(os.getppid(), signal.SIGINT)
+            if self.action == "raise":
+                raise ValueError(self.message)
             time.sleep(60)
         return super().__call__(t)
 

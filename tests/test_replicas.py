@@ -13,12 +13,9 @@ with the same weights and losses (gloo adds in one order on every rank; ``merge`
 otherwise) and D = 1 equals the sequential runner (tests/test_distributed.py).
 """
 import functools
-import os
 import re
-import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +26,7 @@ from minilocal.local import cross_entropy
 from minilocal.runtime import (Job, ModelSpec, RandomBatches, WorkerError, pipeline_model,
                                run_distributed, run_pipeline, run_sequential, sgd, simulate)
 from minilocal.runtime.distributed import merge
-from test_distributed import spawned_children  # the same helper as the single-replica fault tests
+from test_distributed import FaultyBatches, spawned_children  # the single-replica fault tests' helpers
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 torch.set_num_threads(1)
@@ -144,25 +141,6 @@ def test_pipeline_microbatches_must_divide_each_replicas_shard():
         run_pipeline(make_job(Plan.greedy(2)), replicas=2, n_microbatches=3)
 
 
-@dataclass(frozen=True, eq=False)
-class FaultyBatches(RandomBatches):
-    """RandomBatches whose rank ``rank`` (stage 0, replica ``rank``) fails at batch ``step``."""
-    rank: int = 1
-    step: int = 3
-    action: str = "kill"
-    stamp: str = ""
-
-    def __call__(self, t):
-        if t == self.step and os.environ.get("RANK") == str(self.rank):
-            Path(self.stamp).write_text(repr(time.time()))
-            if self.action == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            if self.action == "raise":
-                raise ValueError("replica 1 fails on purpose")
-            time.sleep(60)
-        return super().__call__(t)
-
-
 TIMEOUT = 3
 
 
@@ -175,7 +153,8 @@ TIMEOUT = 3
 ])
 def test_a_failing_replica_stops_every_rank_naming_its_stage_and_replica(tmp_path, action, match):
     stamp = tmp_path / "fault_at"
-    batches = FaultyBatches(8, action=action, stamp=str(stamp))
+    batches = FaultyBatches(8, rank=1, action=action, stamp=str(stamp),  # stage 0, replica 1
+                            message="replica 1 fails on purpose")
     # 1 x 2 processes where a replica's own error is the point, 2 x 2 where its partners name it
     plan = Plan.overlapping(2) if action == "hang" else Plan.backprop(2)
     job = make_job(plan, n_steps=50, batches=batches)
