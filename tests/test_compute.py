@@ -173,7 +173,7 @@ def test_eval_schedule_and_batches():
 def test_make_plan_and_configs():
     assert make_plan("chunked2", 4) == Plan.chunked(4, 2)
     assert make_plan("overlapping", 4) == Plan.overlapping(4, 1)
-    with pytest.raises(ValueError, match="'chunked\(C\)'"):
+    with pytest.raises(ValueError, match=r"'chunked\(C\)'"):
         make_plan("chunky", 4)
     configs = sweep_configs(["backprop", "greedy"], [8, 16], [1e-3, 1e-2], width=16)
     assert len(configs) == 8 and len({config_key(c) for c in configs}) == 8

@@ -88,3 +88,21 @@ def test_equal_hardware_picks_the_fastest_batch_per_budget_and_compares_on_the_s
     # -> 153 * 2 * 1 = 306 beats batch 64 (its best lr, 1e-3: 123 * 2 * 4 = 984)
     assert rows[64, "backprop"]["time"] == 660 and rows[64, "backprop"]["batch"] == 64
     assert rows[64, "greedy"]["time"] == 306 and rows[64, "greedy"]["speedup"] == pytest.approx(660 / 306)
+
+
+def test_fastest_at_equal_hardware_times_each_method_and_backprop_as_a_pipeline_by_hand():
+    from minilocal.compute.cost import PIPELINED, fastest_at_equal_hardware
+    bp8 = dict(method="backprop", steps=100, stage_flops=[11.0], batch=8)
+    bp64 = dict(method="backprop", steps=60, stage_flops=[11.0], batch=64)
+    greedy = dict(method="greedy", steps=150, stage_flops=[2.0] * 4, batch=8)
+    fastest = fastest_at_equal_hardware([bp8, bp64, greedy], 4, throughput=1.0, pipeline_work=[6.0, 5.0])
+    # backprop on 4 devices: batch 8 -> 100 * 11 * ceil(8 / 4) = 2200; batch 64 -> 60 * 11 * 16 = 10560
+    assert fastest["backprop"] == (2200.0, bp8)
+    # as 2 stages x 2 replicas: 4 examples per replica in 4 microbatches, (4 + 1) * 6 * 1 per step
+    assert fastest[PIPELINED] == (100 * 5 * 6.0, bp8)
+    # greedy: 4 stages x 1 replica, 8 examples each, (150 + 3) steps
+    assert fastest["greedy"] == (153 * 2.0 * 8, greedy)
+    # with 2 devices the 4-stage plan cannot run, the 2-stage pipeline can
+    two = fastest_at_equal_hardware([bp8, greedy], 2, throughput=1.0, pipeline_work=[6.0, 5.0])
+    assert set(two) == {"backprop", PIPELINED}
+    assert set(fastest_at_equal_hardware([bp8], 4, throughput=1.0)) == {"backprop"}

@@ -132,3 +132,33 @@ def pipeline_time(steps, pipeline_work, batch, n_devices, microbatches=None, thr
         raise ValueError(f"{where}: {M} microbatches but only {per_replica} examples per replica; "
                          f"use at most {per_replica}")
     return steps * (M + K - 1) * max(pipeline_work) * math.ceil(per_replica / M) / throughput
+
+
+PIPELINED = "backprop, GPipe"  # the name of backprop's runs timed as a pipeline (GPipe or 1F1B)
+
+
+def fastest_at_equal_hardware(runs, n_devices, throughput=1e12, pipeline_work=None):
+    """The fastest idealized time to a target per method on N devices in all.
+
+    runs: dicts with "method", "steps" (steps to the target), "stage_flops" and "batch". Local
+    methods and data-parallel backprop are timed by ``equal_hardware_time``; with
+    ``pipeline_work`` (the V_s of ``pipeline_stage_flops``), backprop's runs are also timed as
+    GPipe/1F1B on the same N (``pipeline_time``), under the name ``PIPELINED``. Runs with more
+    stages than N devices are left out. Returns {method: (time, run)} for the methods that have a
+    run."""
+    best = {}
+
+    def offer(name, t, run):
+        if name not in best or t < best[name][0]:
+            best[name] = (t, run)
+    for run in runs:
+        if n_devices < len(run["stage_flops"]):
+            continue
+        offer(run["method"], equal_hardware_time(run["steps"], run["stage_flops"], run["batch"],
+                                                 n_devices, throughput), run)
+        if (pipeline_work is not None and run["method"] == "backprop"
+                and n_devices >= len(pipeline_work)):
+            offer(PIPELINED, pipeline_time(run["steps"], pipeline_work, run["batch"], n_devices,
+                                           throughput=throughput), run)
+    return best
+

@@ -6,7 +6,7 @@ run that reaches the target in the fewest steps wins; when none reaches it, the 
 """
 import math
 
-from .cost import equal_hardware_time, idealized_time, pipeline_time, step_flops
+from .cost import fastest_at_equal_hardware, idealized_time, step_flops
 
 
 def steps_to_target(record, target):
@@ -54,30 +54,22 @@ def frontier(results, target, throughput=1e12, devices_per_stage=None):
 
 def equal_hardware(results, target, budgets, throughput=1e12, pipeline_work=None):
     """Fastest idealized time to ``target`` per (N, method) on N devices in all (cost.
-    equal_hardware_time), over batch sizes with each one's best learning rate, and its speed-up
-    over data-parallel backprop on the same N. With ``pipeline_work`` (the V_s of backprop cut
-    into K stages, cost.pipeline_stage_flops), backprop's runs are also timed as GPipe/1F1B on the
-    same N ("backprop, pipelined"). Rows: n_devices, method, batch, steps, time, speedup."""
-    best = best_runs(results, target)
+    fastest_at_equal_hardware), over batch sizes with each one's best learning rate, and its
+    speed-up over data-parallel backprop on the same N. With ``pipeline_work`` (the V_s of backprop
+    cut into K stages, cost.pipeline_stage_flops), backprop's runs are also timed as GPipe/1F1B on
+    the same N (cost.PIPELINED). Rows: n_devices, method, batch, steps, time, speedup."""
+    runs = [dict(method=method, steps=steps_to_target(r, target), stage_flops=r["stage_flops"],
+                 batch=batch)
+            for method, by_batch in best_runs(results, target).items()
+            for batch, r in by_batch.items()]
+    runs = [r for r in runs if r["steps"] is not None]
     rows = []
     for n in budgets:
-        options = {}
-        for method, runs in best.items():
-            for batch, r in runs.items():
-                steps = steps_to_target(r, target)
-                if steps is None or n < r["n_stages"]:
-                    continue
-                timed = [(method, equal_hardware_time(steps, r["stage_flops"], batch, n, throughput))]
-                if pipeline_work is not None and method == "backprop" and n >= len(pipeline_work):
-                    timed.append(("backprop, pipelined",
-                                  pipeline_time(steps, pipeline_work, batch, n, throughput=throughput)))
-                for name, t in timed:
-                    if name not in options or t < options[name]["time"]:
-                        options[name] = dict(n_devices=n, method=name, batch=batch, steps=steps, time=t)
-        base = options.get("backprop", {}).get("time")
-        for row in options.values():
-            row["speedup"] = base / row["time"] if base and row["time"] else None
-            rows.append(row)
+        fastest = fastest_at_equal_hardware(runs, n, throughput, pipeline_work)
+        base = fastest.get("backprop", (None,))[0]
+        for name, (t, r) in fastest.items():
+            rows.append(dict(n_devices=n, method=name, batch=r["batch"], steps=r["steps"], time=t,
+                             speedup=base / t if base and t else None))
     return rows
 
 

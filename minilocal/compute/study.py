@@ -20,7 +20,7 @@ import torch
 
 from ..local import LocalNet, receive_stale_grad, stage_step
 from ..validate import check_int
-from .cost import equal_hardware_time, pipeline_time, stage_flops
+from .cost import PIPELINED, fastest_at_equal_hardware, stage_flops
 from .flops import model_flops
 from .sweep import config_key, eval_schedule, make_plan, sample_batches
 
@@ -225,27 +225,22 @@ def tuned_runs(payload):
 
 def speedups(best, budgets, pipeline_work, throughput=1e12):
     """{(method, N): [speed-up over data-parallel backprop on N devices, one per seed]} at equal
-    hardware: each method's fastest batch per seed (cost.equal_hardware_time), backprop also as
-    GPipe/1F1B on the same N ("backprop, GPipe", cost.pipeline_time). None where a method never
-    reached the target with N devices."""
-    out = {}
+    hardware: each method's fastest batch per seed (cost.fastest_at_equal_hardware), backprop
+    also as GPipe/1F1B on the same N ("backprop, GPipe"). None where a method never reached the
+    target with N devices."""
     seeds = sorted({s for by_batch in best.values() for per_seed in by_batch.values() for s in per_seed})
+    names = list(best) + [PIPELINED]
+    out = {}
     for n in budgets:
         for seed in seeds:
-            def fastest(method, timer):
-                times = [timer(r) for per_seed in best.get(method, {}).values()
-                         for s, r in per_seed.items() if s == seed and r["reached"] and n >= r["n_stages"]]
-                return min(times) if times else None
-
-            def local_time(r):
-                return equal_hardware_time(r["reached"], r["stage_flops"], r["config"]["batch"], n, throughput)
-
-            rows = {m: fastest(m, local_time) for m in best}
-            rows["backprop, GPipe"] = fastest("backprop", lambda r: pipeline_time(
-                r["reached"], pipeline_work, r["config"]["batch"], n, throughput=throughput)
-            ) if n >= len(pipeline_work) else None
-            base = rows.get("backprop")
-            for m, t in rows.items():
+            runs = [dict(method=m, steps=r["reached"], stage_flops=r["stage_flops"],
+                         batch=r["config"]["batch"])
+                    for m, by_batch in best.items() for per_seed in by_batch.values()
+                    for s, r in per_seed.items() if s == seed and r["reached"]]
+            fastest = fastest_at_equal_hardware(runs, n, throughput, pipeline_work)
+            base = fastest.get("backprop", (None,))[0]
+            for m in names:
+                t = fastest.get(m, (None,))[0]
                 out.setdefault((m, n), []).append(base / t if base and t else None)
     return out
 
