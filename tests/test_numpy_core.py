@@ -238,3 +238,48 @@ def test_rel_error_hand_worked_and_one_measure_with_the_checks():
     r = np.random.default_rng(0)
     for a, b in [(r.normal(size=(3, 4)), r.normal(size=(3, 4))), (1e-9 * r.normal(size=5), np.zeros(5))]:
         assert rel_error(a, b) == max_rel_error(a, b)
+
+
+STAGE_PLANS = [Plan.backprop(4), Plan.greedy(4), Plan.overlapping(4), Plan.chunked(4, 2),
+               Plan.overlapping(4, overlap=2), Plan.chunked(6, 3, overlap=3), Plan([[0], [1, 2], [3]], 1)]
+
+
+@pytest.mark.parametrize("plan", STAGE_PLANS, ids=lambda p: p.spec if hasattr(p, "spec") else str(p))
+def test_stage_by_stage_equals_local_grads_bitwise(plan):
+    from minilocal.numpy_core import run_stages
+    rng = np.random.default_rng(1)
+    params = init_mlp(plan, d_in=5, width=6, n_classes=3, seed=2)
+    x, y = rng.normal(size=(7, 5)), rng.integers(0, 3, 7)
+    want, want_losses = local_grads(params, x, y, plan)
+    got, losses = run_stages(params, x, y, plan)
+    assert losses == want_losses
+    assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_stage_steps_without_their_backward_messages_miss_the_overlap():
+    from minilocal.numpy_core import stage_step
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(7, 5)), rng.integers(0, 3, 7)
+    for plan, should_match in ((Plan.greedy(3), True), (Plan.overlapping(3), False)):
+        params = init_mlp(plan, d_in=5, width=6, n_classes=3, seed=2)
+        want, _ = local_grads(params, x, y, plan)
+        got, h = {}, x
+        for s in range(plan.n_stages):  # a wrong runtime: messages never delivered
+            step = stage_step(params, plan, s, h, y)
+            got.update(step.grads)
+            h = step.out
+            assert (step.grad_in is None) == (plan.reach(s) == 0)
+        same = all(np.array_equal(got[k], want[k]) for k in want)
+        assert same == should_match
+
+
+def test_stage_step_rejects_bad_stages():
+    from minilocal.numpy_core import receive_grad, stage_step
+    plan = Plan.greedy(2)
+    params = init_mlp(plan, d_in=5, width=6, n_classes=3)
+    with pytest.raises(ValueError, match=r"stages 0..1, got s=2"):
+        stage_step(params, plan, 2, np.zeros((2, 5)), np.zeros(2, int))
+    with pytest.raises(TypeError, match="plan must be a minilocal.Plan"):
+        stage_step(params, "greedy", 0, np.zeros((2, 5)), np.zeros(2, int))
+    with pytest.raises(ValueError, match="n_blocks must be >= 1"):
+        receive_grad(plan, 0, [], np.zeros((2, 6)), 0)
