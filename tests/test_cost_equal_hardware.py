@@ -1,4 +1,6 @@
 """The cost model at equal hardware (N devices in all), on cases worked out by hand."""
+import math
+
 import pytest
 
 from minilocal import Plan
@@ -106,3 +108,66 @@ def test_fastest_at_equal_hardware_times_each_method_and_backprop_as_a_pipeline_
     two = fastest_at_equal_hardware([bp8, greedy], 2, throughput=1.0, pipeline_work=[6.0, 5.0])
     assert set(two) == {"backprop", PIPELINED}
     assert set(fastest_at_equal_hardware([bp8], 4, throughput=1.0)) == {"backprop"}
+
+
+def test_communication_terms_by_hand():
+    from minilocal.compute.cost import Link, Traffic, allreduce_time
+    link = Link(latency=1e-6, bandwidth=1e9)
+    assert link.time(1000) == pytest.approx(2e-6)
+    # 4 devices: 2 log2(4) = 4 messages in a row, each device moves 2 * 3/4 of the bytes
+    assert allreduce_time(1000, 4, link) == pytest.approx(4e-6 + 1.5e-6)
+    assert allreduce_time(1000, 5, link) == pytest.approx(6e-6 + 1.6e-6)  # ceil(log2 5) = 3
+    assert allreduce_time(1000, 1, link) == 0.0
+    t = Traffic.of(Plan.overlapping(3), [100, 200], [10, 20, 30], Link(0.0, 1.0))
+    assert t.forward_bytes == (108, 208, 0) and t.backward_bytes == (0, 100, 200)
+    g = Traffic.of(Plan.greedy(3), [100, 200], [10, 20, 30], Link(0.0, 1.0))
+    assert g.backward_bytes == (0, 0, 0)
+    p = Traffic.pipeline([100], [10, 20], Link(0.0, 1.0))
+    assert p.forward_bytes == (100, 0) and p.backward_bytes == (0, 100)
+
+
+def test_equal_hardware_and_pipeline_time_with_traffic_by_hand():
+    from minilocal.compute.cost import Link, Traffic
+    t = Traffic.of(Plan.overlapping(3), [100, 200], [10, 20, 30], Link(0.0, 1.0))
+    # 6 devices = 3 stages x 2 replicas, 4 examples each. Stage 1: 4 * 2 compute + 4 * 208 forward
+    # + 4 * 100 backward + its 20 bytes all-reduced over 2 (2 * 1/2 * 20) = 1260, the slowest
+    assert equal_hardware_time(10, [2.0] * 3, 8, 6, throughput=1.0, traffic=t) == (10 + 2) * 1260
+    free = Traffic.of(Plan.overlapping(3), [100, 200], [10, 20, 30], Link(0.0, math.inf))
+    for steps, batch, n in ((10, 8, 6), (0, 8, 3), (7, 5, 30)):
+        assert equal_hardware_time(steps, [2.0, 3.0, 1.0], batch, n, 1.0, free) == \
+            equal_hardware_time(steps, [2.0, 3.0, 1.0], batch, n, 1.0)
+    # backprop as 2 pipeline stages x 2 replicas, 4 microbatches of 1: each tick 4 + 100 (the
+    # activation or its gradient), 5 ticks, then the larger all-reduce (20 bytes over 2) = 20
+    pipe = Traffic.pipeline([100], [10, 20], Link(0.0, 1.0))
+    assert pipeline_time(5, [3.0, 4.0], 8, 4, throughput=1.0, traffic=pipe) == 5 * (5 * 104 + 20)
+    assert pipeline_time(5, [3.0, 4.0], 8, 4, throughput=1.0,
+                         traffic=Traffic.pipeline([100], [10, 20], Link(0.0, math.inf))) == \
+        pipeline_time(5, [3.0, 4.0], 8, 4, throughput=1.0)
+
+
+def test_bad_traffic_names_the_problem():
+    from minilocal.compute.cost import Link, Traffic
+    with pytest.raises(ValueError, match="latency must be seconds >= 0"):
+        Link(latency=-1.0)
+    with pytest.raises(ValueError, match="bandwidth"):
+        Link(bandwidth=0)
+    with pytest.raises(ValueError, match="give 2 boundary_bytes and 3 param_bytes, got 1 and 3"):
+        Traffic.of(Plan.greedy(3), [1], [1, 1, 1], Link())
+    t = Traffic.of(Plan.greedy(2), [1], [1, 1], Link())
+    with pytest.raises(ValueError, match="traffic describes 2 stages but the work has 3"):
+        equal_hardware_time(1, [1.0] * 3, 8, 3, traffic=t)
+    with pytest.raises(TypeError, match="traffic must be a Traffic or None, got Link"):
+        equal_hardware_time(1, [1.0] * 2, 8, 2, traffic=Link())
+
+
+def test_the_pipeline_takes_fewer_microbatches_when_messages_cost_latency():
+    from minilocal.compute.cost import PIPELINED, Link, Traffic, _microbatch_counts, fastest_at_equal_hardware
+    assert _microbatch_counts(8) == [1, 2, 4, 8] and _microbatch_counts(6) == [1, 2, 4, 6]
+    run = dict(method="backprop", steps=3, stage_flops=[2.0], batch=8)
+    slow = {PIPELINED: Traffic.pipeline([4], [0, 0], Link(latency=100.0))}
+    # 2 stages, 1 replica, 8 examples: 8 microbatches of 1 tick 1 + 100 -> (8 + 1) * 101 = 909 a
+    # step; 1 microbatch of 8 ticks 8 + 100 -> (1 + 1) * 108 = 216 a step, the fastest
+    got = fastest_at_equal_hardware([run], 2, 1.0, [1.0, 1.0], slow)[PIPELINED][0]
+    assert got == 3 * 216
+    # without communication one example per microbatch is best: (8 + 1) * 1 a step
+    assert fastest_at_equal_hardware([run], 2, 1.0, [1.0, 1.0])[PIPELINED][0] == 3 * 9

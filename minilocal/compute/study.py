@@ -223,11 +223,11 @@ def tuned_runs(payload):
     return out
 
 
-def speedups(best, budgets, pipeline_work, throughput=1e12):
+def speedups(best, budgets, pipeline_work, throughput=1e12, traffic=None):
     """{(method, N): [speed-up over data-parallel backprop on N devices, one per seed]} at equal
     hardware: each method's fastest batch per seed (cost.fastest_at_equal_hardware), backprop
     also as GPipe/1F1B on the same N ("backprop, GPipe"). None where a method never reached the
-    target with N devices."""
+    target with N devices. traffic: {method: cost.Traffic} adds communication (see cost.py)."""
     seeds = sorted({s for by_batch in best.values() for per_seed in by_batch.values() for s in per_seed})
     names = list(best) + [PIPELINED]
     out = {}
@@ -237,7 +237,7 @@ def speedups(best, budgets, pipeline_work, throughput=1e12):
                          batch=r["config"]["batch"])
                     for m, by_batch in best.items() for per_seed in by_batch.values()
                     for s, r in per_seed.items() if s == seed and r["reached"]]
-            fastest = fastest_at_equal_hardware(runs, n, throughput, pipeline_work)
+            fastest = fastest_at_equal_hardware(runs, n, throughput, pipeline_work, traffic)
             base = fastest.get("backprop", (None,))[0]
             for m in names:
                 t = fastest.get(m, (None,))[0]
