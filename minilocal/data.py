@@ -5,6 +5,8 @@ generated procedurally. Generation takes ~2 s, so the arrays are cached in memor
 ~/.cache/minilocal. CIFAR-10 is read only when its files are already on disk. ``as_tensors``
 turns any of these dicts into torch tensors.
 """
+from __future__ import annotations
+
 import functools
 import glob
 import hashlib
@@ -13,14 +15,20 @@ import pickle
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .validate import check_int
 
+if TYPE_CHECKING:  # torch is imported only where tensors are made
+    import torch
 
-def cache_dir():
+
+def cache_dir() -> Path:
     """Where generated data is cached: $MINILOCAL_CACHE or ~/.cache/minilocal."""
     return Path(os.environ.get("MINILOCAL_CACHE", Path.home() / ".cache" / "minilocal"))
 
@@ -43,7 +51,7 @@ def _alive(pid):
     return True
 
 
-def atomic_write(path, write):
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
     """``write(tmp_path)`` to a temporary file beside ``path``, then rename it over ``path``: a
     reader sees the old file or the new one, never half of one. A failed write removes its
     temporary file; one left by a killed writer is removed by the next write to ``path``."""
@@ -66,7 +74,7 @@ def atomic_write(path, write):
         raise
 
 
-def check_writable(path, what, example="run.pt"):
+def check_writable(path: str | os.PathLike[str], what: str, example: str = "run.pt") -> None:
     """Raise OSError naming ``what`` unless a file can be written at ``path`` (checked before a
     long run, so that its results are not lost at the end)."""
     path = Path(path)
@@ -132,7 +140,8 @@ def _mnist1d_arrays(num_samples, seed):
     return arrays
 
 
-def mnist1d(num_samples=5000, seed=42, dtype=np.float32):
+def mnist1d(num_samples: int = 5000, seed: int = 42,
+            dtype: DTypeLike = np.float32) -> dict[str, np.ndarray]:
     """MNIST-1D as a dict of arrays: x (N, 40), y (N,) int64, x_test, y_test (80/20 split).
 
     Inputs are standardised with the training set's mean and std.
@@ -145,7 +154,8 @@ def mnist1d(num_samples=5000, seed=42, dtype=np.float32):
             "y_test": raw["y_test"].astype(np.int64)}
 
 
-def as_tensors(data, device=None):
+def as_tensors(data: dict[str, np.ndarray],
+               device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
     """The arrays of a data dict (e.g. ``mnist1d()``) as torch tensors, built on CPU then moved."""
     import torch
 
@@ -177,7 +187,7 @@ def _cifar10_candidates(root):
             for folder in (base, base / "cifar-10-batches-py", base / "cifar-10-batches-bin")]
 
 
-def read_cifar_bin(path):
+def read_cifar_bin(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 binary batch (records of 1 label byte + 3072 pixel bytes): x (N, 3, 32, 32)
     uint8, y (N,) int64. Raw bytes only: nothing in the file is executed."""
     raw = np.fromfile(path, dtype=np.uint8)
@@ -213,7 +223,7 @@ class RefusedGlobal(pickle.UnpicklingError):
 class ArrayUnpickler(pickle.Unpickler):
     """An unpickler for data files: numpy arrays, lists, dicts, bytes, numbers and nothing else."""
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Callable[..., Any]:
         if (module, name) not in CIFAR_PICKLE_GLOBALS:
             raise RefusedGlobal(f"the file asks for {module}.{name}, which a data file "
                                          f"never needs; it was refused, not run")
@@ -224,7 +234,7 @@ class ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_cifar_batch(path):
+def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR python batch: x (N, 3, 32, 32) uint8, y (N,) int64, read by ArrayUnpickler."""
     try:
         with open(path, "rb") as f:
@@ -269,7 +279,8 @@ def _channel_stats(x):
     return mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
 
 
-def cifar10(root=None, dtype=np.float32):
+def cifar10(root: str | os.PathLike[str] | None = None,
+            dtype: DTypeLike = np.float32) -> dict[str, np.ndarray]:
     """CIFAR-10 from batches already on disk: x (50000, 3, 32, 32), y (50000,) int64,
     x_test (10000, 3, 32, 32), y_test. Never downloads.
 

@@ -1,8 +1,10 @@
 """One device helper: CUDA when present (and says so), otherwise CPU."""
+from __future__ import annotations
+
 import torch
 
 
-def device(prefer="cuda", verbose=True):
+def device(prefer: str = "cuda", verbose: bool = True) -> torch.device:
     """torch.device('cuda') if available and preferred, else 'cpu'; prints which one it picked."""
     if prefer not in ("cuda", "cpu"):
         raise ValueError(f"device: prefer must be 'cuda' or 'cpu', got {prefer!r}")
@@ -17,7 +19,7 @@ def device(prefer="cuda", verbose=True):
     return d
 
 
-def devices_for_stages(n_stages):
+def devices_for_stages(n_stages: int) -> list[torch.device]:
     """One device per stage: round-robin over the GPUs when there are any, else all CPU."""
     if torch.cuda.is_available():
         return [torch.device(f"cuda:{s % torch.cuda.device_count()}") for s in range(n_stages)]

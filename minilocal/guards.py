@@ -1,16 +1,25 @@
 """Boundary checks for LocalNet and the stage step: errors naming the stage, shapes and fix."""
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from .plan import Plan
 
-def dtype_name(dtype):
+if TYPE_CHECKING:  # local.py imports this module
+    from .local import Stage
+
+
+def dtype_name(dtype: torch.dtype) -> str:
     """'float32' for torch.float32."""
     return str(dtype).removeprefix("torch.")
 
 
-def check_input(stage, x):
+def check_input(stage: Stage, x: torch.Tensor) -> None:
     """A floating input must match the stage's parameter dtype (integer token ids pass)."""
     want = stage.dtype
     if want is not None and x.is_floating_point() and x.dtype != want and stage.index > 0:
@@ -24,13 +33,13 @@ def check_input(stage, x):
                         f"net.to(torch.{dtype_name(x.dtype)})")
 
 
-def check_finite(stage, loss):
+def check_finite(stage: Stage, loss: float) -> None:
     if not math.isfinite(loss):
         raise FloatingPointError(f"stage {stage.index}: local loss is {loss} at step {stage.step_count}; "
                                  f"stopped before the update. Lower the lr or check the inputs")
 
 
-def check_targets(stage, logits, y):
+def check_targets(stage: Stage, logits: torch.Tensor, y: torch.Tensor) -> None:
     """Labels cross_entropy can pair with the head's logits: integer class indices whose shape is
     the logits' without the class axis. Free (no device sync): it runs on every step."""
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
@@ -52,19 +61,19 @@ def check_targets(stage, logits, y):
                          f"index per {'position' if logits.ndim > 2 else 'example'}{hint}")
 
 
-def check_labels(stage, logits, y):
+def check_labels(stage: Stage, logits: torch.Tensor, y: torch.Tensor) -> None:
     """Integer labels in [0, C) for a head with C outputs (the range costs a device sync)."""
     check_targets(stage, logits, y)
     check_label_range(stage, logits.shape[-1], y)
 
 
-def check_label_range(stage, n_classes, y, name="labels"):
+def check_label_range(stage: Stage, n_classes: int, y: torch.Tensor, name: str = "labels") -> None:
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
         raise ValueError(f"stage {stage.index}: {name} must lie in [0, {n_classes - 1}] for a head "
                          f"with {n_classes} outputs, got min {int(y.min())}, max {int(y.max())}")
 
 
-def check_batch_size(where, x):
+def check_batch_size(where: str, x: torch.Tensor) -> None:
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{where}: the batch is empty (x: {tuple(x.shape)}); a step needs at "
                          f"least one example along the first axis (check the batch size)")
@@ -74,7 +83,7 @@ def _embedding(block):
     return next((m for m in block.modules() if isinstance(m, nn.Embedding)), None)
 
 
-def check_token_ids(stage, i, block, x):
+def check_token_ids(stage: Stage, i: int, block: nn.Module, x: torch.Tensor) -> None:
     """Integer inputs of a block that embeds them must be rows of its (first) nn.Embedding."""
     emb = _embedding(block)
     if emb is None or x.is_floating_point() or not x.numel():
@@ -89,7 +98,8 @@ def check_token_ids(stage, i, block, x):
                          f"the text with the tokenizer the model was built for")
 
 
-def block_failure(stage, i, block, x, error):
+def block_failure(stage: Stage, i: int, block: nn.Module, x: torch.Tensor,
+                  error: Exception) -> TypeError | RuntimeError:
     """The exception to raise when block i of a stage fails on x: the likely cause, named."""
     where = f"stage {stage.index}, block {i} of the stage ({type(block).__name__})"
     check_token_ids(stage, i, block, x)
@@ -108,7 +118,8 @@ def block_failure(stage, i, block, x, error):
                         f"the next block's input shape.")
 
 
-def check_devices(devices, n_stages):
+def check_devices(devices: str | torch.device | Iterable[str | torch.device] | None,
+                  n_stages: int) -> list[torch.device]:
     """One torch.device per stage from None (all CPU), a single device, or a list."""
     if devices is None or isinstance(devices, (str, torch.device)):
         devices = [devices or "cpu"] * n_stages
@@ -127,7 +138,8 @@ def check_devices(devices, n_stages):
     return devices
 
 
-def check_modules(blocks, heads, plan):
+def check_modules(blocks: Sequence[nn.Module], heads: Sequence[nn.Module],
+                  plan: Plan) -> None:
     if len(blocks) != plan.n_blocks:
         raise ValueError(f"LocalNet: the plan has {plan.n_blocks} blocks but {len(blocks)} "
                          f"blocks were given; build the plan with the number of blocks")
@@ -146,7 +158,8 @@ def check_modules(blocks, heads, plan):
     check_shared_parameters(blocks, heads, plan)
 
 
-def check_shared_parameters(blocks: list, heads: list, plan) -> None:
+def check_shared_parameters(blocks: Sequence[nn.Module], heads: Sequence[nn.Module],
+                            plan: Plan) -> None:
     """Refuse a parameter (or buffer) held by modules of two stages, as torchgpipe does: each
     stage's optimizer would update it, and a loss would train a block outside ``trained_by``."""
     owner = {}  # id(tensor) -> (stage, where it was first seen)

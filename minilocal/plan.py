@@ -17,9 +17,10 @@ Names: ``Plan.from_spec("chunked(2)", n_blocks)`` reads a text spec and ``plan.s
 
 Pure Python on purpose: every backend reads the Plan, nothing else decides who trains what.
 """
-
+from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from .validate import check_int
 
@@ -36,7 +37,8 @@ class Plan:
     (1, 2, 3)
     """
 
-    def __init__(self, stages, overlap=0, name=None):
+    def __init__(self, stages: Iterable[Iterable[int]], overlap: int = 0,
+                 name: str | None = None) -> None:
         self.stages = self._validate_stages(stages)
         self.n_blocks = self.stages[-1][-1] + 1
         self.overlap = check_int(f"Plan(overlap={overlap!r})", "overlap", overlap, 0, self.n_blocks - 1)
@@ -74,19 +76,19 @@ class Plan:
 
     # --- constructors -------------------------------------------------------------------------
     @classmethod
-    def backprop(cls, n_blocks):
+    def backprop(cls, n_blocks: int) -> Plan:
         """One stage of all blocks: the output loss trains everything."""
         n = check_int(f"Plan.backprop({n_blocks!r})", "n_blocks", n_blocks, 1)
         return cls((tuple(range(n)),), 0, name="backprop")
 
     @classmethod
-    def greedy(cls, n_blocks):
+    def greedy(cls, n_blocks: int) -> Plan:
         """One block per stage, no overlap: loss l_s trains block s only."""
         n = check_int(f"Plan.greedy({n_blocks!r})", "n_blocks", n_blocks, 1)
         return cls(tuple((b,) for b in range(n)), 0, name="greedy")
 
     @classmethod
-    def overlapping(cls, n_blocks, overlap=1):
+    def overlapping(cls, n_blocks: int, overlap: int = 1) -> Plan:
         """One block per stage; loss l_s also trains the ``overlap`` blocks before block s."""
         where = f"Plan.overlapping({n_blocks!r}, overlap={overlap!r})"
         n = check_int(where, "n_blocks", n_blocks, 1)
@@ -94,7 +96,7 @@ class Plan:
         return cls(tuple((b,) for b in range(n)), k, name="overlapping" if k else "greedy")
 
     @classmethod
-    def chunked(cls, n_blocks, n_chunks, overlap=0):
+    def chunked(cls, n_blocks: int, n_chunks: int, overlap: int = 0) -> Plan:
         """``n_chunks`` contiguous chunks as equal as possible (earlier chunks get the extra block)."""
         where = f"Plan.chunked({n_blocks!r}, n_chunks={n_chunks!r})"
         n = check_int(where, "n_blocks", n_blocks, 1)
@@ -106,7 +108,7 @@ class Plan:
         return cls(stages, overlap, name=name + (f", overlap {overlap}" if overlap else ""))
 
     @classmethod
-    def from_spec(cls, spec: str, n_blocks: int) -> "Plan":
+    def from_spec(cls, spec: str, n_blocks: int) -> Plan:
         """The Plan a text spec names, for ``n_blocks`` blocks; ``Plan.from_spec(p.spec, L) == p``.
 
         Specs: a method, ``backprop``, ``greedy``, ``overlapping`` (overlap 1), ``overlapping(K)``,
@@ -125,11 +127,11 @@ class Plan:
 
     # --- queries ------------------------------------------------------------------------------
     @property
-    def n_stages(self):
+    def n_stages(self) -> int:
         return len(self.stages)
 
     @property
-    def spec(self) -> "str | None":
+    def spec(self) -> str | None:
         """The text spec that ``Plan.from_spec`` reads back to this plan; None when the stages
         are not the equal chunks of ``Plan.chunked`` (a general plan has no short name)."""
         K, k = self.n_stages, self.overlap
@@ -146,13 +148,13 @@ class Plan:
         first = self.trained_by(s)[0]
         return s - self.stage_of(first)
 
-    def receivers(self) -> list:
+    def receivers(self) -> list[int]:
         """Per stage s: how many blocks before stage s+1 its loss trains, the blocks a backward
         message from stage s+1 must reach (0: no message). More than stage s's own blocks means
         the message continues to stage s-1 (``hops`` > 1)."""
         return [self.reach(s + 1) if s + 1 < self.n_stages else 0 for s in range(self.n_stages)]
 
-    def last_user(self, s: int) -> "int | None":
+    def last_user(self, s: int) -> int | None:
         """The last later stage whose loss trains a block of stage s, or None: stage s must keep
         the graph of its forward until that stage's message has arrived, then it may update."""
         users = [u for u in range(s + 1, self.n_stages) if self.trained_by(u)[0] <= self.stages[s][-1]]
@@ -161,23 +163,23 @@ class Plan:
     def _check_stage(self, s, where):
         return check_int(f"{where} on a {self.n_stages}-stage plan", "s", s, 0, self.n_stages - 1)
 
-    def trained_by(self, s):
+    def trained_by(self, s: int) -> tuple[int, ...]:
         """Block indices that loss l_s trains: stage s plus up to ``overlap`` blocks before it."""
         s = self._check_stage(s, f"Plan.trained_by({s!r})")
         first, last = self.stages[s][0], self.stages[s][-1]
         return tuple(range(max(0, first - self.overlap), last + 1))
 
-    def reach(self, s):
+    def reach(self, s: int) -> int:
         """How many blocks before stage s its loss trains (``overlap``, clipped at block 0)."""
         s = self._check_stage(s, f"Plan.reach({s!r})")
         return self.stages[s][0] - self.trained_by(s)[0]
 
-    def losses_for(self, block):
+    def losses_for(self, block: int) -> tuple[int, ...]:
         """Stages whose loss trains ``block``: the inverse of ``trained_by``."""
         b = check_int(f"Plan.losses_for({block!r})", "block", block, 0, self.n_blocks - 1)
         return tuple(s for s in range(self.n_stages) if b in self.trained_by(s))
 
-    def stage_of(self, block):
+    def stage_of(self, block: int) -> int:
         """The stage that owns ``block``."""
         b = check_int(f"Plan.stage_of({block!r})", "block", block, 0, self.n_blocks - 1)
         return next(s for s, stage in enumerate(self.stages) if b in stage)
@@ -195,7 +197,7 @@ class Plan:
         label = f"  # {self.name}" if self.name else ""
         return f"Plan(stages=({stages}), overlap={self.overlap}){label}"
 
-    def describe(self):
+    def describe(self) -> str:
         """A text table: one row per loss, one column per block; 'x' = this loss trains it."""
         width = max(2, len(str(self.n_blocks - 1)) + 1)
         head = "loss  " + "".join(f"{'b' + str(b):>{width + 1}}" for b in range(self.n_blocks))

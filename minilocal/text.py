@@ -5,11 +5,19 @@ The corpus is offline and deterministic. It mixes two kinds of line: additions w
 cats chase a dog."). A tiny Transformer learns the format and the agreement in a few hundred
 steps and the carries much later, so the loss keeps falling for a long time.
 """
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .validate import check_choice, check_int
+
+if TYPE_CHECKING:  # text.py works without torch; decode also takes tensors
+    import torch
 
 KINDS = ("arithmetic", "grammar", "mixed")
 NOUNS = ("cat", "dog", "bird", "fox", "frog", "horse", "robot", "farmer")
@@ -43,7 +51,8 @@ def _grammar_line(rng):
     return f"{subject} {verb} {obj}{place}."
 
 
-def make_corpus(n_lines=2000, seed=0, kind="mixed", max_digits=3):
+def make_corpus(n_lines: int = 2000, seed: int = 0, kind: str = "mixed",
+                max_digits: int = 3) -> str:
     """``n_lines`` lines joined by newlines (a str ending in one); same seed, same text.
 
     kind: "arithmetic" (a+b=c with up to ``max_digits`` digits per operand), "grammar", or "mixed"
@@ -63,7 +72,7 @@ def make_corpus(n_lines=2000, seed=0, kind="mixed", max_digits=3):
 class CharTokenizer:
     """Characters <-> integer ids; the vocabulary is the sorted set of characters of ``text``."""
 
-    def __init__(self, text):
+    def __init__(self, text: str) -> None:
         if not isinstance(text, str) or not text:
             got = "an empty str" if text == "" else f"a {type(text).__name__}"
             raise ValueError(f"CharTokenizer: text must be a non-empty str to build the vocabulary "
@@ -72,10 +81,10 @@ class CharTokenizer:
         self._ids = {c: i for i, c in enumerate(self.chars)}
 
     @property
-    def vocab_size(self):
+    def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text):
+    def encode(self, text: str) -> np.ndarray:
         """str of N characters -> ids (N,) int64."""
         if not isinstance(text, str):
             raise TypeError(f"CharTokenizer.encode: text must be a str, got {type(text).__name__}")
@@ -87,7 +96,7 @@ class CharTokenizer:
                              f"vocabulary of {self.vocab_size} characters {''.join(self.chars)!r}; "
                              f"build the tokenizer from text that contains it") from None
 
-    def decode(self, ids):
+    def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
         """ids (N,) (list, numpy array or torch tensor) -> str of N characters."""
         ids = np.asarray(ids.tolist() if hasattr(ids, "tolist") else ids)
         if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
@@ -103,7 +112,8 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size}, chars={''.join(self.chars)!r})"
 
 
-def lm_dataset(ids, block_size, stride=None):
+def lm_dataset(ids: Sequence[int] | np.ndarray, block_size: int,
+               stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Next-character windows: ids (N,) -> x, y (M, block_size) int64, y = x shifted by one.
 
     Window i starts at ``i * stride`` (default ``block_size``: windows do not overlap).
@@ -121,7 +131,7 @@ def lm_dataset(ids, block_size, stride=None):
     return windows[:, :-1].astype(np.int64), windows[:, 1:].astype(np.int64)
 
 
-def load_text(path):
+def load_text(path: str | os.PathLike[str]) -> str:
     """The contents of a UTF-8 text file as a str (your own corpus for the LM)."""
     path = Path(path)
     if not path.is_file():

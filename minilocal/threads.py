@@ -10,21 +10,24 @@ tests use. So ``import minilocal`` limits every thread pool to
 
 Child processes (the runtime's workers) inherit the count through the environment.
 """
+from __future__ import annotations
+
 import os
 import sys
+from collections.abc import Mapping
 
 ENV = "MINILOCAL_THREADS"
 POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def usable_cpus():
+def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
 
-def default_threads(cpus=None):
+def default_threads(cpus: int | None = None) -> int:
     """Half the usable CPUs, at least 1 and at most 4: enough for the course's small matmuls."""
     cpus = usable_cpus() if cpus is None else cpus
     return max(1, min(4, cpus // 2))
@@ -41,7 +44,7 @@ def _positive_int(name, text):
     return value
 
 
-def chosen_threads(environ=None):
+def chosen_threads(environ: Mapping[str, str] | None = None) -> int:
     """The thread count the rules in this module's docstring give for ``environ``."""
     environ = os.environ if environ is None else environ
     for name in (ENV, "OMP_NUM_THREADS"):
@@ -50,7 +53,7 @@ def chosen_threads(environ=None):
     return default_threads()
 
 
-def set_threads(n=None):
+def set_threads(n: int | None = None) -> int:
     """Limit BLAS, OpenMP and torch to ``n`` threads (default: ``chosen_threads()``); returns n."""
     n = chosen_threads() if n is None else _positive_int("set_threads(n)", str(n))
     for name in POOL_VARS:  # read by libraries loaded later and by child processes

@@ -43,14 +43,21 @@ and one backward message per microbatch and all-reduces once per step. Communica
 overlapped with computation here (an upper bound on the step time): step time = max_s (compute_s
 + comm_s).
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..plan import Plan
 from ..validate import check_int, check_positive
 
+if TYPE_CHECKING:  # flops.py imports torch; the cost model does not need it
+    from .flops import Flops
 
-def describe_cost_model():
+
+def describe_cost_model() -> str:
     """The cost model in words and formulas, for a notebook to print."""
     return __doc__.split("\n\n", 1)[1].strip()
 
@@ -62,18 +69,18 @@ class Link:
     latency: float = 0.0
     bandwidth: float = math.inf
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if isinstance(self.latency, bool) or not isinstance(self.latency, (int, float)) \
                 or not self.latency >= 0:
             raise ValueError(f"Link: latency must be seconds >= 0, got {self.latency!r}")
         check_positive("Link", "bandwidth (bytes per second)", self.bandwidth)
 
-    def time(self, nbytes, messages=1):
+    def time(self, nbytes: float, messages: int = 1) -> float:
         """Seconds for ``messages`` messages carrying ``nbytes`` bytes in all."""
         return messages * self.latency + nbytes / self.bandwidth
 
 
-def allreduce_time(nbytes, replicas, link):
+def allreduce_time(nbytes: float, replicas: int, link: Link) -> float:
     """Seconds of an all-reduce of ``nbytes`` over ``replicas`` devices as reduce-scatter plus
     all-gather by recursive halving and doubling (Rabenseifner): 2 ceil(log2 D) messages in a
     row, each device moving 2 (D - 1) / D of the bytes (no cost for D = 1)."""
@@ -96,7 +103,7 @@ class Traffic:
     param_bytes: tuple
     link: Link
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.link, Link):
             raise TypeError(f"Traffic: link must be a Link, got {type(self.link).__name__}")
         if not len(self.forward_bytes) == len(self.backward_bytes) == len(self.param_bytes):
@@ -105,7 +112,8 @@ class Traffic:
                              f"{len(self.backward_bytes)} and {len(self.param_bytes)}")
 
     @classmethod
-    def of(cls, plan, boundary_bytes, param_bytes, link, label_bytes=8):
+    def of(cls, plan: Plan, boundary_bytes: Sequence[float], param_bytes: Sequence[float],
+           link: Link, label_bytes: float = 8) -> Traffic:
         """The traffic of ``plan``: boundary_bytes[s] is the size per example of stage s's output
         (K - 1 values, one per boundary), param_bytes[s] the size of stage s's parameters; labels
         travel with every forward message (int64: 8 bytes)."""
@@ -118,7 +126,8 @@ class Traffic:
         return cls(tuple(forward), tuple(backward), tuple(param_bytes), link)
 
     @classmethod
-    def pipeline(cls, boundary_bytes, param_bytes, link):
+    def pipeline(cls, boundary_bytes: Sequence[float], param_bytes: Sequence[float],
+                 link: Link) -> Traffic:
         """The traffic of backprop cut into K pipeline stages: per microbatch example, the
         activation forward and its gradient back across every boundary (the labels stay with
         the last stage's data)."""
@@ -129,7 +138,7 @@ class Traffic:
         return cls(tuple(boundary_bytes) + (0,), (0,) + tuple(boundary_bytes), tuple(param_bytes),
                    link)
 
-    def stage_seconds(self, examples, replicas):
+    def stage_seconds(self, examples: int, replicas: int) -> list[float]:
         """Per stage, seconds of communication per step with ``examples`` examples per replica."""
         return [self.link.time(examples * f, messages=int(f > 0))
                 + self.link.time(examples * b, messages=int(b > 0))
@@ -137,7 +146,8 @@ class Traffic:
                 for f, b, p in zip(self.forward_bytes, self.backward_bytes, self.param_bytes)]
 
 
-def stage_flops(plan, block_flops, head_flops):
+def stage_flops(plan: Plan, block_flops: Sequence[Flops],
+                head_flops: Sequence[Flops]) -> list[float]:
     """Per-example FLOPs W_s each stage's device does in one training step: a list of K floats."""
     if not isinstance(plan, Plan):
         raise TypeError(f"stage_flops: plan must be a minilocal.Plan, got {type(plan).__name__}")
@@ -153,13 +163,14 @@ def stage_flops(plan, block_flops, head_flops):
     return work
 
 
-def step_flops(stage_work, batch):
+def step_flops(stage_work: Sequence[float], batch: int) -> float:
     """Total FLOPs of one training step: batch * sum of the per-example stage work."""
     check_int("step_flops", "batch", batch, 1)
     return batch * float(sum(stage_work))
 
 
-def step_time(stage_work, batch, throughput=1e12, devices_per_stage=None):
+def step_time(stage_work: Sequence[float], batch: int, throughput: float = 1e12,
+              devices_per_stage: int | None = None) -> float:
     """Idealized seconds per step: max_s W_s * ceil(batch / devices_per_stage) / throughput."""
     where = "step_time"
     check_int(where, "batch", batch, 1)
@@ -169,7 +180,8 @@ def step_time(stage_work, batch, throughput=1e12, devices_per_stage=None):
     return max(stage_work) * per_device / throughput
 
 
-def idealized_time(steps, stage_work, batch, throughput=1e12, devices_per_stage=None):
+def idealized_time(steps: int, stage_work: Sequence[float], batch: int,
+                   throughput: float = 1e12, devices_per_stage: int | None = None) -> float:
     """Idealized seconds for ``steps`` steps: (steps + K - 1) * step_time, and 0 for 0 steps."""
     check_int("idealized_time", "steps", steps, 0)
     if steps == 0:
@@ -186,7 +198,8 @@ def _check_devices(n_devices, n_stages, where):
     return n_devices // n_stages
 
 
-def equal_hardware_time(steps, stage_work, batch, n_devices, throughput=1e12, traffic=None):
+def equal_hardware_time(steps: int, stage_work: Sequence[float], batch: int, n_devices: int,
+                        throughput: float = 1e12, traffic: Traffic | None = None) -> float:
     """Idealized seconds for ``steps`` steps on N devices in all: K stages x min(B, N // K)
     data-parallel replicas each (K = 1: data-parallel backprop), pipeline fill paid once.
     traffic: a ``Traffic`` adds each stage's messages and gradient all-reduce to its step."""
@@ -210,7 +223,8 @@ def _check_traffic(traffic, n_stages, where):
                          f"work has {n_stages}")
 
 
-def pipeline_stage_flops(plan, block_flops, head_flops):
+def pipeline_stage_flops(plan: Plan, block_flops: Sequence[Flops],
+                         head_flops: Flops) -> list[float]:
     """Per-example work V_s of each pipeline stage when ONE backprop model is cut by ``plan``'s
     stages: forward, weight and input gradient of its blocks (no input gradient for block 0),
     and the output head on the last stage. ``head_flops``: the output head's Flops."""
@@ -226,8 +240,9 @@ def pipeline_stage_flops(plan, block_flops, head_flops):
     return work
 
 
-def pipeline_time(steps, pipeline_work, batch, n_devices, microbatches=None, throughput=1e12,
-                  traffic=None):
+def pipeline_time(steps: int, pipeline_work: Sequence[float], batch: int, n_devices: int,
+                  microbatches: int | None = None, throughput: float = 1e12,
+                  traffic: Traffic | None = None) -> float:
     """Idealized seconds of ``steps`` GPipe/1F1B steps of backprop on N devices: K pipeline stages
     x N // K replicas, every step paying the bubble: (M + K - 1) * max V_s * ceil(b / M) / R with
     b = ceil(B / D) examples per replica and M microbatches (default b: one example each).
@@ -257,7 +272,11 @@ def pipeline_time(steps, pipeline_work, batch, n_devices, microbatches=None, thr
 PIPELINED = "backprop, GPipe"  # the name of backprop's runs timed as a pipeline (GPipe or 1F1B)
 
 
-def fastest_at_equal_hardware(runs, n_devices, throughput=1e12, pipeline_work=None, traffic=None):
+def fastest_at_equal_hardware(runs: Iterable[dict[str, Any]], n_devices: int,
+                              throughput: float = 1e12,
+                              pipeline_work: Sequence[float] | None = None,
+                              traffic: dict[str, Traffic] | None = None,
+                              ) -> dict[str, tuple[float, dict[str, Any]]]:
     """The fastest idealized time to a target per method on N devices in all.
 
     runs: dicts with "method", "steps" (steps to the target), "stage_flops" and "batch". Local

@@ -11,12 +11,16 @@ The backward is split in two because the methods differ exactly there:
 For a Linear(D_in, D_out) on B examples: forward 2 B D_in D_out, and each backward part the same.
 All numbers are per example (counted on a batch, divided by its size).
 """
+from __future__ import annotations
+
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop, sdpa_flop
 
 from ..local import kept_buffers
+from ..plan import Plan
 
 _aten = torch.ops.aten
 # FlopCounterMode's table (torch 2.13) has the GPU kernels of scaled_dot_product_attention but not
@@ -36,7 +40,7 @@ class Flops:
     backward_x: float
 
     @property
-    def backward(self):
+    def backward(self) -> float:
         """Full backward (weights and input), what plain backprop pays in a middle block."""
         return self.backward_w + self.backward_x
 
@@ -47,7 +51,7 @@ def _counted(fn):
     return counter.get_total_flops()
 
 
-def count_flops(module, x):
+def count_flops(module: torch.nn.Module, x: torch.Tensor) -> tuple[Flops, torch.Tensor]:
     """Per-example Flops of ``module`` on the example batch x: (B, ...); returns (Flops, output)."""
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"count_flops: module must be an nn.Module, got {type(module).__name__}")
@@ -74,7 +78,8 @@ def count_flops(module, x):
     return flops, out.detach()
 
 
-def model_flops(blocks, heads, plan, x):
+def model_flops(blocks: Iterable[torch.nn.Module], heads: Iterable[torch.nn.Module], plan: Plan,
+                x: torch.Tensor) -> tuple[list[Flops], list[Flops]]:
     """Per-example Flops of every block and every head of a model built for ``plan``.
 
     x: (B, ...) an example input batch (a few rows suffice). Head s reads the output of the last

@@ -13,14 +13,18 @@ best value is interior (or the extension limit, which it reports); the other see
 that rate. ``noise_scale`` estimates the gradient noise scale B_simple = tr(Sigma) / |G|^2
 (McCandlish et al. 2018) from gradient norms at two batch sizes, for any Plan's local gradient.
 """
+from __future__ import annotations
+
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
 from ..local import LocalNet, receive_stale_grad, stage_step
 from ..validate import check_int
-from .cost import PIPELINED, fastest_at_equal_hardware, stage_flops
+from .cost import PIPELINED, Traffic, fastest_at_equal_hardware, stage_flops
 from .flops import model_flops
 from .sweep import config_key, eval_schedule, make_plan, sample_batches
 
@@ -31,7 +35,7 @@ DEFAULTS = dict(study=VERSION, dataset="mnist1d", n_samples=50000, model="cnn1d"
 _DATA = {}
 
 
-def config(method, batch, lr, seed=0, **overrides):
+def config(method: str, batch: int, lr: float, seed: int = 0, **overrides: Any) -> dict[str, Any]:
     """A full run config; overlapping gets delay 1 (its message one step late), the others 0."""
     unknown = set(overrides) - set(DEFAULTS) - {"delay"}
     if unknown:
@@ -41,7 +45,7 @@ def config(method, batch, lr, seed=0, **overrides):
     return dict(DEFAULTS, **overrides, method=method, batch=batch, lr=lr, seed=seed, delay=delay)
 
 
-def load(c):
+def load(c: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, y, x_heldout, y_heldout) tensors for a config, generated once per process."""
     key = (c["dataset"], c["n_samples"])
     if key not in _DATA:
@@ -56,7 +60,7 @@ def load(c):
     return x, y, xt[:n], yt[:n]
 
 
-def build(c):
+def build(c: dict[str, Any]) -> LocalNet:
     """The run's LocalNet: cnn1d blocks and heads under the config's seed, Adam per stage."""
     if c["model"] != "cnn1d":
         raise ValueError(f"study.build: model must be 'cnn1d', got {c['model']!r}")
@@ -67,7 +71,8 @@ def build(c):
     return LocalNet(blocks, heads, plan, optimizer=lambda p: torch.optim.Adam(p, lr=c["lr"]))
 
 
-def train_delayed(net, batches, delay, on_step=None):
+def train_delayed(net: LocalNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  delay: int, on_step: Callable[[int], bool | None] | None = None) -> None:
     """Train ``net`` on ``batches`` (an iterable of (x, y)) with overlap messages ``delay`` >= 1
     steps late, stages in pipeline order each step; ``on_step(t)`` after every step's updates."""
     check_int("train_delayed", "delay", delay, 1, fix="for delay 0 use net.train_step")
@@ -92,7 +97,7 @@ def train_delayed(net, batches, delay, on_step=None):
             break
 
 
-def heldout_loss(net, x, y):
+def heldout_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy of the output head on (x, y), in eval mode, no gradients."""
     was = net.training
     net.eval()
@@ -102,12 +107,13 @@ def heldout_loss(net, x, y):
     return loss
 
 
-def budget(c, n_train):
+def budget(c: dict[str, Any], n_train: int) -> int:
     """Steps a run may take: ``max_steps``, or fewer when ``max_epochs`` passes come first."""
     return min(c["max_steps"], math.ceil(c["max_epochs"] * n_train / c["batch"]))
 
 
-def run(c, return_net=False):
+def run(c: dict[str, Any], return_net: bool = False,
+        ) -> dict[str, Any] | tuple[dict[str, Any], LocalNet]:
     """Train one config; its record: held-out loss curve, stage FLOPs, the step it reached the
     target (None if it did not). ``return_net=True``: (record, trained net)."""
     torch.manual_seed(c["seed"])
@@ -162,14 +168,16 @@ def _score(rec):
     return (0, rec["reached"]) if rec["reached"] is not None else (1, min(rec["loss"]))
 
 
-def next_lr(lr, up):
+def next_lr(lr: float, up: bool) -> float:
     """The neighbour of ``lr`` on the 1-3-10 grid (1e-3, 3e-3, 1e-2, ...), above or below it."""
     k = math.floor(math.log10(lr) + 1e-9)
     grid = [m * 10.0 ** e for e in (k - 1, k, k + 1) for m in (1, 3)]
     return float(f"{(min(g for g in grid if g > lr * 1.01) if up else max(g for g in grid if g < lr / 1.01)):.3g}")
 
 
-def tune(method, batch, run_cached, grid=(1e-3, 3e-3, 1e-2), max_extend=3, **overrides):
+def tune(method: str, batch: int, run_cached: Callable[[dict[str, Any]], dict[str, Any]],
+         grid: Iterable[float] = (1e-3, 3e-3, 1e-2), max_extend: int = 3,
+         **overrides: Any) -> tuple[float, dict[float, dict[str, Any]], bool]:
     """Best lr for (method, batch) on seed 0: the grid, extended along the 1-3-10 grid at an edge
     that wins, up to ``max_extend`` times. Returns (best lr, {lr: record}, interior: bool)."""
     lrs = sorted(grid)
@@ -184,7 +192,8 @@ def tune(method, batch, run_cached, grid=(1e-3, 3e-3, 1e-2), max_extend=3, **ove
     return best, dict(sorted(records.items())), best not in (min(records), max(records))
 
 
-def noise_scale(net, x, y, small=32, big=2048, repeats=8, seed=0):
+def noise_scale(net: LocalNet, x: torch.Tensor, y: torch.Tensor, small: int = 32,
+                big: int = 2048, repeats: int = 8, seed: int = 0) -> float:
     """B_simple = tr(Sigma) / |G|^2 of the net's local gradient (every parameter's .grad as the
     Plan fills it), from mean squared gradient norms at batch sizes ``small`` and ``big``."""
     g = torch.Generator().manual_seed(seed)
@@ -208,7 +217,7 @@ def noise_scale(net, x, y, small=32, big=2048, repeats=8, seed=0):
 
 
 
-def tuned_runs(payload):
+def tuned_runs(payload: dict[str, Any]) -> dict[str, dict[int, dict[int, dict[str, Any]]]]:
     """{method: {batch: {seed: record}}}: the runs of a saved study at each (method, batch)'s
     tuned learning rate (``payload["summary"]["tuning"]``)."""
     by_config = {}
@@ -223,7 +232,10 @@ def tuned_runs(payload):
     return out
 
 
-def speedups(best, budgets, pipeline_work, throughput=1e12, traffic=None):
+def speedups(best: dict[str, dict[int, dict[int, dict[str, Any]]]], budgets: Iterable[int],
+             pipeline_work: Sequence[float] | None, throughput: float = 1e12,
+             traffic: dict[str, Traffic] | None = None,
+             ) -> dict[tuple[str, int], list[float | None]]:
     """{(method, N): [speed-up over data-parallel backprop on N devices, one per seed]} at equal
     hardware: each method's fastest batch per seed (cost.fastest_at_equal_hardware), backprop
     also as GPipe/1F1B on the same N ("backprop, GPipe"). None where a method never reached the
