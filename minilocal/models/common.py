@@ -4,7 +4,12 @@ Every builder returns ``blocks`` (L chained ``nn.Module``s) and ``heads`` (one p
 reads the output of block ``plan.stages[s][-1]``, so a head's input size depends on the Plan.
 Weights are drawn under ``seed`` without disturbing torch's global random state.
 """
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
 import torch
+from torch import nn
 
 from ..plan import Plan
 from ..validate import check_int
@@ -12,7 +17,7 @@ from ..validate import check_int
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def check_plan(where, plan, n_blocks=None):
+def check_plan(where: str, plan: Plan, n_blocks: int | None = None) -> Plan:
     """``plan`` if it is a Plan (with ``n_blocks`` blocks, when given); else a clear error."""
     if not isinstance(plan, Plan):
         raise TypeError(f"{where}: plan must be a minilocal.Plan, got {type(plan).__name__}; "
@@ -23,7 +28,9 @@ def check_plan(where, plan, n_blocks=None):
     return plan
 
 
-def seeded(where, seed, dtype, build):
+def seeded(where: str, seed: int, dtype: torch.dtype,
+           build: Callable[[], tuple[Iterable[nn.Module], Iterable[nn.Module]]],
+           ) -> tuple[list[nn.Module], list[nn.Module]]:
     """Run ``build() -> (blocks, heads)`` under torch seed ``seed``, then cast both to ``dtype``."""
     check_int(where, "seed", seed, 0)
     if dtype not in DTYPES:

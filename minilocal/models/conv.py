@@ -2,17 +2,21 @@
 
 Heads pool (or flatten) the last block's feature map and end in a Linear layer (``feature_head``).
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+from ..plan import Plan
 from ..validate import check_choice, check_int, is_int
 from .common import check_plan, seeded
 
 
 # --- 1-D CNN --------------------------------------------------------------------------------------
-def as_channels(x):
+def as_channels(x: torch.Tensor) -> torch.Tensor:
     """A (B, D) signal becomes (B, 1, D); inputs that already have channels pass through."""
     return x.unsqueeze(1) if x.dim() == 2 else x
 
@@ -20,15 +24,16 @@ def as_channels(x):
 class ConvBlock1d(nn.Module):
     """relu(conv1d(x)): (B, C_in, T) or (B, T) -> (B, C_out, ceil(T / stride))."""
 
-    def __init__(self, c_in, c_out, kernel_size, stride):
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int) -> None:
         super().__init__()
         self.conv = nn.Conv1d(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.conv(as_channels(x)))
 
 
-def feature_head(channels, length, n_classes, head, dim):
+def feature_head(channels: int, length: int | None, n_classes: int, head: str,
+                 dim: int) -> nn.Sequential:
     """Flatten + Linear(C * length, n_classes), or global average pool + Linear(C, n_classes)."""
     if head == "flatten":
         return nn.Sequential(nn.Flatten(), nn.Linear(channels * length, n_classes))
@@ -36,8 +41,10 @@ def feature_head(channels, length, n_classes, head, dim):
     return nn.Sequential(pool, nn.Flatten(), nn.Linear(channels, n_classes))
 
 
-def cnn1d(plan, n_blocks=None, channels=64, kernel_size=3, n_down=3, n_classes=10, d_in=40,
-          head="flatten", seed=0, dtype=torch.float32):
+def cnn1d(plan: Plan, n_blocks: int | None = None, channels: int = 64, kernel_size: int = 3,
+          n_down: int = 3, n_classes: int = 10, d_in: int = 40, head: str = "flatten",
+          seed: int = 0, dtype: torch.dtype = torch.float32,
+          ) -> tuple[list[nn.Module], list[nn.Module]]:
     """1-D CNN for MNIST-1D: block l is relu(Conv1d(k, padding k//2)), stride 2 for l < n_down.
 
     Input x: (B, d_in); block 0 adds the channel axis. Block l outputs (B, channels, T_l) with
@@ -79,7 +86,8 @@ class ResBlock(nn.Module):
     (conv3 from ``stem_in`` channels, norm, relu) in front: the first block of a network owns it.
     """
 
-    def __init__(self, dim, c_in, c_out, stride=1, norm=True, stem_in=None):
+    def __init__(self, dim: int, c_in: int, c_out: int, stride: int = 1, norm: bool = True,
+                 stem_in: int | None = None) -> None:
         super().__init__()
         conv = nn.Conv1d if dim == 1 else nn.Conv2d
         bn = (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d) if norm else (lambda c: nn.Identity())
@@ -93,7 +101,7 @@ class ResBlock(nn.Module):
                          else conv(c_in, c_out, 1, stride=stride, bias=not norm))
         self.dim = dim
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dim == 1:
             x = as_channels(x)
         if self.stem is not None:
@@ -103,12 +111,13 @@ class ResBlock(nn.Module):
         return torch.relu(h + self.shortcut(x))
 
 
-def default_downsample(n_blocks):
+def default_downsample(n_blocks: int) -> tuple[int, ...]:
     """Stride-2 blocks at about 1/3 and 2/3 of the depth, ResNet-style: 4 blocks -> (1, 3)."""
     return tuple(sorted({round(n_blocks * k / 3) for k in (1, 2)} - {0}))
 
 
-def check_downsample(where, downsample, n_blocks):
+def check_downsample(where: str, downsample: Iterable[int] | None,
+                     n_blocks: int) -> tuple[int, ...]:
     downsample = default_downsample(n_blocks) if downsample is None else tuple(downsample)
     for l in downsample:
         if not is_int(l) or not 0 <= l < n_blocks:
@@ -117,8 +126,10 @@ def check_downsample(where, downsample, n_blocks):
     return downsample
 
 
-def resnet1d(plan, n_blocks=None, channels=32, n_classes=10, d_in=40, downsample=None, norm=True,
-             head="flatten", seed=0, dtype=torch.float32):
+def resnet1d(plan: Plan, n_blocks: int | None = None, channels: int = 32, n_classes: int = 10,
+             d_in: int = 40, downsample: Iterable[int] | None = None, norm: bool = True,
+             head: str = "flatten", seed: int = 0,
+             dtype: torch.dtype = torch.float32) -> tuple[list[nn.Module], list[nn.Module]]:
     """1-D ResNet for MNIST-1D: block 0 = stem + ResBlock, then ResBlocks of ``channels``.
 
     Input x: (B, d_in). Blocks in ``downsample`` (default ``default_downsample(L)``) have stride 2,
@@ -146,8 +157,10 @@ def resnet1d(plan, n_blocks=None, channels=32, n_classes=10, d_in=40, downsample
     return seeded(where, seed, dtype, build)
 
 
-def resnet2d(plan, n_blocks=None, channels=16, n_classes=10, in_channels=3, downsample=None,
-             norm=True, seed=0, dtype=torch.float32):
+def resnet2d(plan: Plan, n_blocks: int | None = None, channels: int = 16, n_classes: int = 10,
+             in_channels: int = 3, downsample: Iterable[int] | None = None, norm: bool = True,
+             seed: int = 0, dtype: torch.dtype = torch.float32,
+             ) -> tuple[list[nn.Module], list[nn.Module]]:
     """2-D ResNet for (B, in_channels, H, W) images such as CIFAR-10's (B, 3, 32, 32).
 
     Block 0 = stem + ResBlock of ``channels``; each block in ``downsample`` (default

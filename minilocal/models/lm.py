@@ -5,10 +5,13 @@ layers (pre-LayerNorm, causal self-attention, MLP). Each head is LayerNorm + Lin
 *not* tied to the token embedding: a tied head would let every local loss train block 0's
 embedding, and the losses would no longer be local.
 """
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..plan import Plan
 from ..validate import check_int
 from .common import check_plan, seeded
 
@@ -16,13 +19,13 @@ from .common import check_plan, seeded
 class CausalSelfAttention(nn.Module):
     """Multi-head attention where position t sees positions <= t. x: (B, T, C) -> (B, T, C)."""
 
-    def __init__(self, d_model, n_heads):
+    def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         H = self.n_heads
         q, k, v = self.qkv(x).split(C, dim=2)               # 3 x (B, T, C)
@@ -37,7 +40,7 @@ class CausalSelfAttention(nn.Module):
 class TransformerLayer(nn.Module):
     """x + attn(ln(x)), then x + mlp(ln(x)) with a 4x wide GELU MLP. x: (B, T, C) -> (B, T, C)."""
 
-    def __init__(self, d_model, n_heads):
+    def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = CausalSelfAttention(d_model, n_heads)
@@ -45,7 +48,7 @@ class TransformerLayer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(),
                                  nn.Linear(4 * d_model, d_model))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
@@ -53,12 +56,12 @@ class TransformerLayer(nn.Module):
 class Embedding(nn.Module):
     """Token + learned position embedding. idx: (B, T) int64 with T <= block_size -> (B, T, C)."""
 
-    def __init__(self, vocab_size, d_model, block_size):
+    def __init__(self, vocab_size: int, d_model: int, block_size: int) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Embedding(block_size, d_model)
 
-    def forward(self, idx):
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.dim() != 2 or idx.is_floating_point():
             raise ValueError(f"tiny_lm: input must be token ids of shape (B, T) and an integer "
                              f"dtype, got shape {tuple(idx.shape)} and dtype {idx.dtype}")
@@ -79,8 +82,9 @@ def _init_weights(module):
         nn.init.zeros_(module.bias)
 
 
-def tiny_lm(plan, vocab_size, n_blocks=None, d_model=64, n_heads=4, block_size=64, seed=0,
-            dtype=torch.float32):
+def tiny_lm(plan: Plan, vocab_size: int, n_blocks: int | None = None, d_model: int = 64,
+            n_heads: int = 4, block_size: int = 64, seed: int = 0,
+            dtype: torch.dtype = torch.float32) -> tuple[list[nn.Module], list[nn.Module]]:
     """Causal character LM: idx (B, T) int64 -> every head gives logits (B, T, vocab_size).
 
     Block 0: Embedding (token + position, T <= block_size) then a TransformerLayer; blocks

@@ -1,7 +1,10 @@
 """The MLP as ``(blocks, heads)`` for a Plan: the torch twin of ``numpy_core.init_mlp``."""
+from __future__ import annotations
+
 import torch
 from torch import nn
 
+from ..plan import Plan
 from ..validate import check_choice, check_int
 from .common import check_plan, seeded
 
@@ -11,18 +14,20 @@ ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
 class Dense(nn.Linear):
     """activation(linear(x)): x (B, D_in) -> (B, D_out). Param names as nn.Linear's."""
 
-    def __init__(self, d_in, d_out, activation="relu"):
+    def __init__(self, d_in: int, d_out: int, activation: str = "relu") -> None:
         super().__init__(d_in, d_out)
         self.activation = activation
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ACTIVATIONS[self.activation](super().forward(x))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"
 
 
-def mlp(plan, d_in=40, width=128, n_classes=10, activation="relu", seed=0, dtype=torch.float32):
+def mlp(plan: Plan, d_in: int = 40, width: int = 128, n_classes: int = 10,
+        activation: str = "relu", seed: int = 0,
+        dtype: torch.dtype = torch.float32) -> tuple[list[nn.Module], list[nn.Module]]:
     """MLP twin of ``numpy_core.init_mlp``: block l is Dense(d_in or width -> width).
 
     Head s: ``nn.Linear(width, n_classes)`` on block ``plan.stages[s][-1]``'s output. A LocalNet

@@ -4,19 +4,26 @@ Parameters live in one flat dict whose names and shapes equal a torch MLP's ``st
 ``blocks.{l}.weight`` (H, D_in or H), ``blocks.{l}.bias`` (H,), ``heads.{s}.weight`` (C, H),
 ``heads.{s}.bias`` (C,). Head s reads the output of stage s's last block.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..plan import Plan
+from .layers import DenseCache, LinearCache, Params
 from .layers import dense_bwd, dense_fwd, linear_bwd, linear_fwd
 from .layers import softmax_cross_entropy_bwd, softmax_cross_entropy_fwd
 
 
-def sub(params, prefix):
+def sub(params: Params, prefix: str) -> Params:
     """The entries of ``params`` under ``prefix`` (e.g. 'blocks.2'), with the prefix removed."""
     return {k[len(prefix) + 1:]: v for k, v in params.items() if k.startswith(prefix + ".")}
 
 
-def init_mlp(plan, d_in=40, width=64, n_classes=10, seed=0, dtype=np.float64):
+def init_mlp(plan: Plan, d_in: int = 40, width: int = 64, n_classes: int = 10, seed: int = 0,
+             dtype: DTypeLike = np.float64) -> Params:
     """Weights drawn like torch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     if not isinstance(plan, Plan):
         raise TypeError(f"init_mlp: plan must be a minilocal.Plan, got {type(plan).__name__}")
@@ -35,7 +42,8 @@ def init_mlp(plan, d_in=40, width=64, n_classes=10, seed=0, dtype=np.float64):
     return params
 
 
-def forward(params, x, plan, activation="relu"):
+def forward(params: Params, x: np.ndarray, plan: Plan, activation: str = "relu",
+            ) -> tuple[list[np.ndarray], list[DenseCache], list[tuple[np.ndarray, LinearCache]]]:
     """Run every block once. x: (B, D_in) -> (acts, caches, logits per stage), acts[l] = input of block l."""
     acts, caches = [x], []
     for l in range(plan.n_blocks):
@@ -47,19 +55,21 @@ def forward(params, x, plan, activation="relu"):
     return acts, caches, head_caches
 
 
-def stage_losses(params, x, y, plan, activation="relu"):
+def stage_losses(params: Params, x: np.ndarray, y: np.ndarray, plan: Plan,
+                 activation: str = "relu") -> list[np.floating]:
     """Per-stage mean cross-entropy losses l_s (a list of K floats), with no gradients."""
     _, _, heads = forward(params, x, plan, activation)
     return [softmax_cross_entropy_fwd(logits, y)[0] for logits, _ in heads]
 
 
-def predict(params, x, plan, activation="relu", stage=-1):
+def predict(params: Params, x: np.ndarray, plan: Plan, activation: str = "relu",
+            stage: int = -1) -> np.ndarray:
     """Class predictions (B,) from one head; the default is the output head."""
     _, _, heads = forward(params, x, plan, activation)
     return heads[stage][0].argmax(axis=1)
 
 
-def cache_bytes(cache):
+def cache_bytes(cache: object) -> int:
     """Bytes of the arrays held in a (nested) cache: the activations kept for backward
     (parameter dicts inside caches are references to the weights, not activations, so skipped)."""
     if isinstance(cache, np.ndarray):
@@ -69,7 +79,8 @@ def cache_bytes(cache):
     return 0
 
 
-def local_grads(params, x, y, plan, activation="relu", stats=None):
+def local_grads(params: Params, x: np.ndarray, y: np.ndarray, plan: Plan, activation: str = "relu",
+                stats: dict[str, Any] | None = None) -> tuple[Params, list[np.floating]]:
     """Gradients exactly as the Plan says, and the per-stage losses.
 
     grad(block l) = sum over stages s with l in plan.trained_by(s) of dl_s/dtheta_l, where the

@@ -8,11 +8,15 @@ message ``out``, its loss, its gradients and, when a later loss reaches into ear
 applies that message with ``receive_grad`` through the caches it kept. ``run_stages`` drives the
 stages in order; its gradients are bitwise equal to ``local_grads`` (tests check it).
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..plan import Plan
+from .layers import DenseCache, Params
 from .layers import dense_bwd, dense_fwd, linear_bwd, linear_fwd
 from .layers import softmax_cross_entropy_bwd, softmax_cross_entropy_fwd
 from .mlp import sub
@@ -27,8 +31,8 @@ class StageStep:
     out: np.ndarray
     loss: float
     grads: dict
-    grad_in: np.ndarray = None
-    caches: list = None
+    grad_in: np.ndarray | None = None
+    caches: list | None = None
 
 
 def _add(grads, prefix, g):
@@ -37,7 +41,8 @@ def _add(grads, prefix, g):
         grads[key] = grads[key] + value if key in grads else value
 
 
-def stage_step(params, plan, s, x_in, y, activation="relu"):
+def stage_step(params: Params, plan: Plan, s: int, x_in: np.ndarray, y: np.ndarray,
+               activation: str = "relu") -> StageStep:
     """Stage ``s`` of ``plan`` on its input ``x_in`` with labels ``y``: forward through its blocks
     and head, its mean cross-entropy loss, and backward through its own blocks (the stop-gradient
     sits at ``x_in``). Returns a StageStep."""
@@ -60,7 +65,8 @@ def stage_step(params, plan, s, x_in, y, activation="relu"):
     return StageStep(h, loss, grads, dh if plan.reach(s) else None, caches)
 
 
-def receive_grad(plan, s, caches, grad_out, n_blocks):
+def receive_grad(plan: Plan, s: int, caches: Sequence[DenseCache], grad_out: np.ndarray,
+                 n_blocks: int) -> tuple[Params, np.ndarray | None]:
     """A later stage's message ``grad_out`` (d loss / d out of stage ``s``) backpropagated through
     the last ``n_blocks`` blocks of stage ``s`` (their ``caches`` from ``stage_step``). Returns
     (grads of those blocks, d loss / d x_in of stage s when the message must travel further
@@ -76,7 +82,8 @@ def receive_grad(plan, s, caches, grad_out, n_blocks):
     return grads, (dh if n_blocks > len(idx) else None)
 
 
-def run_stages(params, x, y, plan, activation="relu"):
+def run_stages(params: Params, x: np.ndarray, y: np.ndarray, plan: Plan,
+               activation: str = "relu") -> tuple[Params, list[np.floating]]:
     """Every stage in order, each on the previous one's detached output, with the backward
     messages delivered hop by hop: (grads, losses) as ``local_grads`` returns them."""
     grads = {k: np.zeros_like(v) for k, v in params.items()}

@@ -13,16 +13,20 @@ in its step t; ``stats[s]["staleness"][t]`` counts the updates stage s-1 has fin
 update t by then (0: the activation is as fresh as a synchronous pipeline's). For forward-only plans this changes nothing numerically (the message is the same as in
 the sequential run); with overlap, ``Job.delay`` decides which backward message an update uses.
 """
+from __future__ import annotations
+
 import bisect
 import heapq
 import math
 from collections import deque
+from collections.abc import Iterable, Sequence
 from statistics import median
+from typing import Literal
 
 import numpy as np
 
 from ..validate import check_int
-from .job import RunResult, stage_state
+from .job import Job, RunResult, stage_state
 from .program import Compute, Send, stage_program
 from .sequential import run_sequential
 from .timeline import Event
@@ -33,7 +37,8 @@ _PARTS = {"step": [("forward", "forward"), ("backward", "backward")],
           "backward": [("backward", "message")], "update": [("update", "update")]}
 
 
-def cost_table(costs, n_stages):
+def cost_table(costs: dict[str, Sequence[float]] | Iterable[float],
+               n_stages: int) -> dict[str, list[float]]:
     """Per-kind lists of K seconds from a dict of lists or K per-step costs (split 1/3 : 2/3)."""
     if isinstance(costs, dict):
         unknown = set(costs) - set(COST_KINDS)
@@ -56,7 +61,7 @@ def cost_table(costs, n_stages):
     return table
 
 
-def measure_costs(job, n_steps=6, skip=1):
+def measure_costs(job: Job, n_steps: int = 6, skip: int = 1) -> dict[str, list[float]]:
     """Median seconds per stage of forward, backward, update and message, timed sequentially.
 
     Timed synchronously (delay 0): for a delayed job the backward message is costed as a pass
@@ -162,7 +167,7 @@ class _Simulation:
                 continue
             self._advance(s, None)
 
-    def run(self):
+    def run(self) -> None:
         while self.heap:
             T, _, s = heapq.heappop(self.heap)
             self._handle(s, T)
@@ -171,7 +176,7 @@ class _Simulation:
         if stuck:
             raise RuntimeError(f"simulate: the schedule deadlocked: {'; '.join(stuck)}")
 
-    def staleness(self, s):
+    def staleness(self, s: int) -> list[int]:
         if s == 0:
             return [0] * len(self.step_starts[s])
         ends = self.update_ends[s - 1]
@@ -179,7 +184,11 @@ class _Simulation:
         return [max(0, bisect.bisect_right(ends, T) - (t + 1)) for t, T in enumerate(self.step_starts[s])]
 
 
-def simulate(job, costs, capacity=2, latency=0.0, jitter=0.0, seed=0):
+def simulate(job: Job,
+             costs: dict[str, Sequence[float]] | Iterable[float] | Literal["measure"],
+             capacity: int = 2,
+             latency: float = 0.0, jitter: float | Sequence[float] = 0.0,
+             seed: int = 0) -> RunResult:
     """Run ``job`` under a simulated asynchronous schedule; returns a RunResult.
 
     costs: K seconds per stage step, or a dict of per-stage lists for "forward", "backward",
