@@ -50,7 +50,7 @@ def recipe_of(net, batch_size, seed, digest):
             "model": ", ".join(type(m).__name__ for m in [*net.blocks, *net.heads]),
             "weights": {k: f"{tuple(v.shape)} {dtype_name(v.dtype)}"
                         for k, v in net.state_dict().items()},
-            "optimizer": [_optimizer(stage.optimizer) for stage in net.stages],
+            "optimizer": [_optimizer(opt) for opt in net.optimizers],
             "batch_size": batch_size, "seed": seed, "data": digest}
 
 
@@ -169,7 +169,7 @@ class FitCheckpoint:
         """Write the state after step ``run.step``; ``batches``: the run's ``BatchOrder``."""
         write_checkpoint(self.path, self.recipe, {
             "step": run.step, "model": net.state_dict(),
-            "optimizers": [s.optimizer.state_dict() for s in net.stages],
+            "optimizers": [opt.state_dict() for opt in net.optimizers],
             "stage_steps": [s.step_count for s in net.stages], "history": run.history,
             "running": run.running, "order": batches.order, "pos": batches.pos,
             "rng": {"torch": torch.get_rng_state(), "batches": batches.generator.get_state(),
@@ -183,8 +183,9 @@ class FitCheckpoint:
             raise ValueError(f"fit: checkpoint {self.path} is at step {state['step']}, past "
                              f"steps={steps}; ask for at least {state['step']} steps")
         net.load_state_dict(state["model"])
-        for stage, opt_state, count in zip(net.stages, state["optimizers"], state["stage_steps"]):
-            stage.optimizer.load_state_dict(opt_state)  # casts state onto the parameters' devices
+        for opt, opt_state in zip(net.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)  # casts state onto the parameters' devices
+        for stage, count in zip(net.stages, state["stage_steps"]):
             stage.step_count = count
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"]["cuda"]:

@@ -47,8 +47,8 @@ def _set_lr(net, factor, step):
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor >= 0):
         raise ValueError(f"fit: lr_schedule({step}) returned {factor!r}; it must return a finite "
                          f"factor >= 0 that multiplies each optimizer's initial lr")
-    for stage in net.stages:
-        for group in stage.optimizer.param_groups:
+    for opt in net.optimizers:
+        for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
 
@@ -165,8 +165,8 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     digest = None if checkpoint is None else data_hash([x, y, x_test, y_test])
     x, y, x_test, y_test = _place(net, device, progress, x, y, x_test, y_test)
     schedule = _schedule(lr_schedule, steps)
-    for stage in net.stages:
-        for group in stage.optimizer.param_groups:
+    for opt in net.optimizers:
+        for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
     batches = BatchOrder(len(x), batch_size, seed, mode="torch", where="fit")
     torch.manual_seed(seed)  # dropout and other randomness inside the model
