@@ -95,10 +95,10 @@ def per_step(step, x, y, repeats):
     return (time.process_time() - start) / repeats
 
 
-def runners(n_blocks, width):
+def runners(methods, n_blocks, width):
     """{(method, runner): step function}, every net from the same initial weights."""
     out = {}
-    for method in METHODS:
+    for method in methods:
         plan = Plan.from_spec(method, n_blocks)
         blocks, heads = models.mlp(plan, d_in=40, width=width, n_classes=10)
         for fast in (False, True):
@@ -123,16 +123,17 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"MLP {args.blocks} blocks x {args.width}, Adam, CPU, 1 thread; per-step ms, median of "
           f"{args.rounds} rounds x {args.repeats} steps; ratio median and min..max over rounds")
-    print(f"{"comparison":<50}{'a ms':>10}{'b ms':>10}{'a / b':>9}   spread")
+    print(f"{'comparison':<50}{'a ms':>10}{'b ms':>10}{'a / b':>9}   spread")
     for batch in args.batches:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 40, generator=gen)
         y = torch.randint(0, 10, (batch,), generator=gen)
-        steps = runners(args.blocks, args.width)
+        steps = runners(args.methods, args.blocks, args.width)
         for step in steps.values():  # warm-up: allocator, Adam state
             for _ in range(2):
                 step(x, y)
@@ -141,11 +142,12 @@ def main():
             for key, step in steps.items():
                 times[key].append(per_step(step, x, y, args.repeats))
         for tag in ("", " fast"):
-            for method in METHODS:
+            for method in args.methods:
                 row(f"batch {batch} {method}: LocalNet{tag} / hand{tag}",
                     times[(method, "LocalNet" + tag)], times[(method, "hand" + tag)])
-            row(f"batch {batch} LocalNet{tag} greedy / backprop", times[("greedy", "LocalNet" + tag)],
-                times[("backprop", "LocalNet" + tag)])
+            if {"greedy", "backprop"} <= set(args.methods):
+                row(f"batch {batch} LocalNet{tag} greedy / backprop",
+                    times[("greedy", "LocalNet" + tag)], times[("backprop", "LocalNet" + tag)])
 
 
 if __name__ == "__main__":

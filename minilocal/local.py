@@ -88,7 +88,7 @@ class LocalNet(nn.Module):
             self.stages.append(Stage(s, modules[:-1], modules[-1], opt, plan.reach(s), devices[s],
                                      loss_fn))
         # Stage t's graph lives until the last later stage whose loss reaches into it is done.
-        last_user = [plan.last_user(t) for t in range(plan.n_stages)]
+        self._last_user = last_user = [plan.last_user(t) for t in range(plan.n_stages)]
         for stage, last in zip(self.stages, last_user):
             stage.keep_graph = last is not None
         self._free_after = [[t for t, last in enumerate(last_user) if last == s]
@@ -191,7 +191,7 @@ class LocalNet(nn.Module):
             res = stage_step(stage, h, y, update=each and not stage.keep_graph)
             grad, remaining, t = res.grad_in, stage.reach, s - 1
             while remaining > 0:  # deliver the overlap message now, hop by hop
-                grad = receive_grad(self.stages[t], grad, remaining)
+                grad = receive_grad(self.stages[t], grad, remaining, self._last_user[t] != s)
                 remaining -= len(self.stages[t].blocks)
                 t -= 1
             for t in self._free_after[s]:  # no later loss needs stage t's graph any more

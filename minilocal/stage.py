@@ -169,10 +169,11 @@ def stage_step(stage, x_in, y, update=True):
     return StepResult(out.detach(), loss, x_in.grad if stage.reach else None)
 
 
-def receive_grad(stage, grad_out, n_blocks):
+def receive_grad(stage, grad_out, n_blocks, keep_graph=True):
     """Backpropagate a later stage's message ``grad_out`` (d l / d out of this stage) through this
     stage's last ``n_blocks`` blocks, accumulating into their grads. Returns d l / d x_in when the
-    message must travel further back (n_blocks > blocks in this stage), else None."""
+    message must travel further back (n_blocks > blocks in this stage), else None.
+    ``keep_graph=False``: this is the stage's last message this step, its graph may be freed."""
     if stage._out is None:
         raise RuntimeError(f"stage {stage.index} received a backward message but kept no graph; "
                            f"build it with keep_graph=True (LocalNet does this from the Plan)")
@@ -183,7 +184,7 @@ def receive_grad(stage, grad_out, n_blocks):
         stage._x_in.grad = None
     if targets:  # blocks without parameters (an activation) have nothing to learn
         torch.autograd.backward(stage._out, grad_out.to(stage.device), inputs=targets,
-                                retain_graph=True)
+                                retain_graph=keep_graph)
     return stage._x_in.grad if further else None
 
 
