@@ -70,6 +70,8 @@ class LocalNet(nn.Module):
         if not callable(optimizer):
             raise TypeError(f"LocalNet: optimizer must be a factory params -> torch.optim.Optimizer, "
                             f"e.g. lambda ps: torch.optim.SGD(ps, lr=0.1); got {optimizer!r}")
+        if not isinstance(fast, bool):
+            raise TypeError(f"LocalNet: fast must be True or False, got {fast!r}")
         blocks, heads = list(blocks), list(heads)
         check_modules(blocks, heads, plan)
         devices = check_devices(devices, plan.n_stages)
@@ -93,8 +95,6 @@ class LocalNet(nn.Module):
             stage.keep_graph = last is not None
         self._free_after = [[t for t, last in enumerate(last_user) if last == s]
                             for s in range(plan.n_stages)]
-        if not isinstance(fast, bool):
-            raise TypeError(f"LocalNet: fast must be True or False, got {fast!r}")
         self.optimizer = joint_optimizer([st.optimizer for st in self.stages]) if fast else None
         if fast:
             for stage in self.stages:
@@ -233,7 +233,7 @@ class LocalNet(nn.Module):
 
         Each stage updates as soon as no later loss needs its graph, while its gradients are
         still in cache (as a pipeline would); a non-finite loss stops the step before its
-        stage's update.
+        stage's update. With ``fast=True`` all stages update at the end, in one step.
         """
         return self._run(x, y, update=True)
 
