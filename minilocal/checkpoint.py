@@ -1,4 +1,5 @@
-"""Checkpoints that verify themselves: ``write_checkpoint`` and ``read_checkpoint`` for ``fit``.
+"""Checkpoints that verify themselves: ``FitCheckpoint`` (save and resume a ``fit`` run) on top of
+``write_checkpoint`` and ``read_checkpoint``.
 
 A checkpoint is a ``torch.save`` dict: a format name and version, the step, the run's *recipe*
 (Plan, model classes and weight shapes, each stage's optimizer with its settings, batch size,
@@ -12,6 +13,7 @@ import hashlib
 import io
 import json
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,7 +50,7 @@ def recipe_of(net, batch_size, seed, digest):
             "model": ", ".join(type(m).__name__ for m in [*net.blocks, *net.heads]),
             "weights": {k: f"{tuple(v.shape)} {dtype_name(v.dtype)}"
                         for k, v in net.state_dict().items()},
-            "optimizer": [_optimizer(stage.optimizer) for stage in net.stages],
+            "optimizer": [_optimizer(opt) for opt in net.optimizers],
             "batch_size": batch_size, "seed": seed, "data": digest}
 
 
@@ -141,3 +143,53 @@ def read_checkpoint(path, recipe):
                               f"sha256 (changed or corrupted after it was written); {FIX}")
     _check_recipe(path, outer["recipe"], recipe)
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+
+
+@dataclass
+class FitState:
+    """Where a ``fit`` run is: the last finished step, the history, the step losses since the last
+    evaluation."""
+    history: dict
+    running: list = field(default_factory=list)
+    step: int = 0
+
+
+class FitCheckpoint:
+    """The checkpoint file of one ``fit`` run: everything the next step depends on (weights, every
+    optimizer, the step, the batch order, the RNG states, the history) saved and resumed in one
+    place, so a resumed run ends bitwise where the uninterrupted one would."""
+
+    def __init__(self, path, recipe):
+        self.path, self.recipe = path, recipe
+
+    def exists(self) -> bool:
+        return Path(self.path).exists()
+
+    def save(self, net, batches, run: FitState):
+        """Write the state after step ``run.step``; ``batches``: the run's ``BatchOrder``."""
+        write_checkpoint(self.path, self.recipe, {
+            "step": run.step, "model": net.state_dict(),
+            "optimizers": [opt.state_dict() for opt in net.optimizers],
+            "stage_steps": [s.step_count for s in net.stages], "history": run.history,
+            "running": run.running, "order": batches.order, "pos": batches.pos,
+            "rng": {"torch": torch.get_rng_state(), "batches": batches.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}})
+
+    def resume(self, net, batches, run: FitState, steps: int):
+        """Load the verified checkpoint into ``net``, ``batches`` and ``run`` (CheckpointError if
+        it is not one of this very run)."""
+        state = read_checkpoint(self.path, self.recipe)
+        if state["step"] > steps:
+            raise ValueError(f"fit: checkpoint {self.path} is at step {state['step']}, past "
+                             f"steps={steps}; ask for at least {state['step']} steps")
+        net.load_state_dict(state["model"])
+        for opt, opt_state in zip(net.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)  # casts state onto the parameters' devices
+        for stage, count in zip(net.stages, state["stage_steps"]):
+            stage.step_count = count
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        batches.generator.set_state(state["rng"]["batches"])
+        batches.order, batches.pos = state["order"], state["pos"]
+        run.history, run.running, run.step = state["history"], state["running"], state["step"]

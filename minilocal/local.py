@@ -1,40 +1,24 @@
 """LocalNet: any stack of torch blocks trained with local losses, exactly as a Plan says.
 
-The unit of work is the **stage step**, ``stage_step(stage, x_in, y) -> StepResult``: forward
-through the stage's blocks, the head, the local loss, backward inside the stage, optionally the
-optimizer update. It returns the *detached* output, which is all that travels to the next stage
-for greedy and chunked plans. Every runner (LocalNet's synchronous loop, the simulator, the
-distributed workers) calls this one function.
-
-Overlap (a loss that trains blocks of the previous stage) is implemented with a **one-hop
-backward message**: stage s makes its input require grad, so its backward also yields
-``grad_in = d l_s / d x_in``; the previous stage keeps the graph of its last forward and
-backpropagates that message through its last ``reach`` blocks (``receive_grad``). We chose the
-message over duplicating the block because a duplicate would have to be kept in sync with its
-owner's weights; the message is one activation-sized tensor and the owner stays the only writer.
-A message that has to go further back than one stage continues hop by hop.
+A LocalNet is K stages (``stage.py``: the stage step, the backward messages); ``train_step`` runs
+them in order, delivering every message within the step. ``fast=True`` takes one optimizer step
+over every stage's parameters instead of K (same updates in exact arithmetic, not bitwise: see
+``LocalNet``). The stage-level names are importable from here too.
 """
-import contextlib
 import math
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .guards import (block_failure, check_batch_size, check_devices, check_finite, check_input,
-                     check_label_range, check_labels, check_modules, check_targets,
-                     check_token_ids, dtype_name)
+from .guards import check_batch_size, check_devices, check_finite, check_label_range, \
+    check_labels, check_modules
 from .plan import Plan
+from .stage import (Stage, StepResult, _forward_blocks, _head, _local_loss, cross_entropy,  # noqa: F401
+                    kept_buffers, receive_grad, receive_stale_grad, stage_step)
 
-
-def cross_entropy(logits, y):
-    """Mean cross-entropy; logits (B, C) or (B, T, C) with integer y (B,) or (B, T)."""
-    if logits.ndim > 2:
-        logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)  # (B*T, C), (B*T,)
-    if y.dtype != torch.int64 and not y.is_floating_point():
-        y = y.long()  # F.cross_entropy takes only int64 class indices; floats are refused below
-    return F.cross_entropy(logits, y)
+# optimizers whose update of a parameter reads only that parameter's gradient and state: one
+# step over all stages' parameters is K per-stage steps (fused kernels where torch has them)
+PER_PARAMETER = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
 def default_optimizer(params):
@@ -42,185 +26,24 @@ def default_optimizer(params):
     return torch.optim.Adam(params, lr=1e-3)
 
 
-@dataclass
-class Stage:
-    """What one stage owns: its blocks, its head, its optimizer and where they live."""
-    index: int
-    blocks: list
-    head: nn.Module
-    optimizer: torch.optim.Optimizer
-    reach: int = 0                     # blocks of earlier stages that this stage's loss trains
-    device: torch.device = torch.device("cpu")
-    loss_fn: object = cross_entropy
-    keep_graph: bool = False           # a later stage will send a backward message here
-    step_count: int = 0
-    _x_in: torch.Tensor = None         # graph kept for the message (only when keep_graph)
-    _out: torch.Tensor = None
-    _loss: torch.Tensor = None         # last local loss, checked before the update
-
-    def parameters(self):
-        for module in [*self.blocks, self.head]:
-            yield from module.parameters()
-
-    @property
-    def dtype(self):
-        """The floating dtype of the stage's parameters (None if it has none)."""
-        return None if self._probe is None else self._probe.dtype
-
-    def __post_init__(self):
-        # Parameters keep their identity through .to()/.double(), so this one tells the live dtype.
-        self._probe = next((p for p in self.parameters() if p.is_floating_point()), None)
-
-    def release(self):
-        """Drop the graph kept for backward messages (frees its saved activations)."""
-        self._x_in = self._out = None
-
-    def update(self):
-        """Optimizer step, then clear gradients and any kept graph. Refuses a non-finite loss
-        (and discards that step's gradients, so they cannot poison the next one)."""
-        if self._loss is not None and not math.isfinite(float(self._loss)):
-            loss = float(self._loss)
-            self.discard()
-            check_finite(self, loss)
-        self.optimizer.step()
-        self.discard()
-
-    def discard(self):
-        """Drop this step's gradients, kept graph and loss without updating."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.release()
-        self._loss = None
-
-
-@dataclass
-class StepResult:
-    x_out: torch.Tensor            # detached output of the stage's last block: the forward message
-    loss: torch.Tensor             # detached scalar local loss
-    grad_in: torch.Tensor = None   # d l_s / d x_in when the loss reaches back (overlap > 0)
-
-
-def _forward_blocks(stage, x):
-    check_input(stage, x)
-    for i, block in enumerate(stage.blocks):
-        if stage.device.type == "cuda" and not x.is_floating_point():
-            check_token_ids(stage, i, block, x)  # on a GPU a bad id is an unrecoverable assert
-        try:
-            x = block(x)
-        except (RuntimeError, IndexError) as e:  # on CPU, explain only when it fails: no cost
-            raise block_failure(stage, i, block, x, e) from e
-    return x
-
-
-def _head(stage, h):
+def joint_optimizer(optimizers):
+    """One optimizer of the stages' type and settings over every stage's parameters (in stage
+    order): fused where torch supports it for these tensors, else multi-tensor (foreach)."""
+    first = optimizers[0]
+    params = [p for o in optimizers for p in o.param_groups[0]["params"]]  # no tensor in two stages
+    kind = type(first)
+    if kind not in PER_PARAMETER or any(type(o) is not kind or o.defaults != first.defaults
+                                        or len(o.param_groups) != 1 for o in optimizers):
+        got = ", ".join(f"{type(o).__name__} ({len(o.param_groups)} group(s))" for o in optimizers)
+        raise ValueError(f"LocalNet(fast=True): one step over all stages needs every stage to "
+                         f"get the same {' / '.join(k.__name__ for k in PER_PARAMETER)} with the "
+                         f"same settings and one parameter group, got {got}; build the net "
+                         f"without fast=True")
+    settings = {**first.defaults, "foreach": None, "fused": True}
     try:
-        return stage.head(h)
-    except RuntimeError as e:
-        weights = next((p for p in stage.head.parameters() if p.is_floating_point()), None)
-        if weights is not None and h.is_floating_point() and weights.dtype != h.dtype:
-            raise TypeError(f"stage {stage.index}: head {stage.index} has "
-                            f"{dtype_name(weights.dtype)} weights but the stage's output is "
-                            f"{dtype_name(h.dtype)}; every block and head of a net must share one "
-                            f"dtype: convert them all, e.g. "
-                            f"net.to(torch.{dtype_name(h.dtype)})") from e
-        raise RuntimeError(f"stage {stage.index}: head {stage.index} ({type(stage.head).__name__}) "
-                           f"failed on the stage's output of shape {tuple(h.shape)}: {e}. The head "
-                           f"must accept the output of the stage's last block.") from e
-
-
-def _local_loss(stage, logits, y):
-    checked = stage.loss_fn is cross_entropy
-    if checked:
-        check_targets(stage, logits, y)  # dtype and shape: free, so on every step
-        if stage.device.type != "cpu":
-            check_labels(stage, logits, y)  # on a GPU a bad label is an unrecoverable device assert
-    try:
-        return stage.loss_fn(logits, y)
-    except (IndexError, RuntimeError):
-        if checked:  # on CPU, explain the failure only when it happens: no cost on good batches
-            check_labels(stage, logits, y)
-        raise
-
-
-def stage_step(stage, x_in, y, update=True):
-    """One local step of ``stage`` on a batch. x_in: the previous stage's output (or the input).
-
-    Accumulates gradients of the stage's loss into its blocks and head (and, through ``grad_in``,
-    offers the part that belongs to earlier blocks). With ``update`` it also takes the optimizer
-    step; a stage that expects a backward message must wait for it (``update=False``).
-    """
-    check_batch_size(f"stage {stage.index}", x_in)  # an empty batch has a NaN mean loss
-    fast = stage.device.type == "cuda"  # a copy to a GPU is stream-ordered; one to the CPU must wait
-    x_in = x_in.to(stage.device, non_blocking=fast).detach()
-    y = y.to(stage.device, non_blocking=fast)
-    if stage.reach:
-        x_in.requires_grad_(True)
-    out = _forward_blocks(stage, x_in)
-    loss = _local_loss(stage, _head(stage, out), y)
-    loss.backward(retain_graph=stage.keep_graph)
-    if stage.keep_graph:
-        stage._x_in, stage._out = x_in, out
-    stage._loss = loss = loss.detach()
-    stage.step_count += 1
-    if update:
-        stage.update()
-    return StepResult(out.detach(), loss, x_in.grad if stage.reach else None)
-
-
-def receive_grad(stage, grad_out, n_blocks):
-    """Backpropagate a later stage's message ``grad_out`` (d l / d out of this stage) through this
-    stage's last ``n_blocks`` blocks, accumulating into their grads. Returns d l / d x_in when the
-    message must travel further back (n_blocks > blocks in this stage), else None."""
-    if stage._out is None:
-        raise RuntimeError(f"stage {stage.index} received a backward message but kept no graph; "
-                           f"build it with keep_graph=True (LocalNet does this from the Plan)")
-    further = n_blocks > len(stage.blocks)
-    targets = [p for block in stage.blocks[-n_blocks:] for p in block.parameters()]
-    if further:
-        targets.append(stage._x_in)
-        stage._x_in.grad = None
-    if targets:  # blocks without parameters (an activation) have nothing to learn
-        torch.autograd.backward(stage._out, grad_out.to(stage.device), inputs=targets,
-                                retain_graph=True)
-    return stage._x_in.grad if further else None
-
-
-@contextlib.contextmanager
-def kept_buffers(*modules):
-    """Restore every buffer of ``modules`` (BatchNorm running statistics) on exit: for forward
-    passes that measure or recompute and must not count as seeing the data again."""
-    buffers = [b for m in modules for b in m.buffers()]
-    saved = [b.detach().clone() for b in buffers]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in zip(buffers, saved):
-                buffer.copy_(value)
-
-
-def receive_stale_grad(stage, grad_out, n_blocks, x_in):
-    """Apply a backward message that arrives after this stage has already updated (asynchronous
-    overlap). The graph of the step it belongs to is gone (the update changed its weights in
-    place), so the stage's forward is recomputed on that step's stored input ``x_in`` with the
-    *current* weights, and ``grad_out`` is backpropagated through the last ``n_blocks`` blocks.
-    The batch is right; the weights are newer by the message's delay: that is its staleness."""
-    if not 1 <= n_blocks <= len(stage.blocks):
-        raise ValueError(f"stage {stage.index}: a delayed message can reach 1 to "
-                         f"{len(stage.blocks)} blocks of this stage, got {n_blocks}; the "
-                         f"asynchronous runtime sends overlap messages one stage back only")
-    first = len(stage.blocks) - n_blocks
-    h = x_in.to(stage.device)
-    targets = [p for block in stage.blocks[first:] for p in block.parameters()]
-    # the stage saw this batch already: no second BatchNorm update (restored after the backward,
-    # which still needs the statistics as they were in this forward)
-    with kept_buffers(*stage.blocks):
-        with torch.no_grad():  # blocks the message does not reach are only needed for their output
-            for block in stage.blocks[:first]:
-                h = block(h)
-        for block in stage.blocks[first:]:
-            h = block(h)
-        if targets:  # blocks without parameters (an activation) have nothing to learn
-            torch.autograd.backward(h, grad_out.to(stage.device), inputs=targets)
+        return kind(params, **settings)
+    except RuntimeError:  # no fused kernel for these tensors' device or dtype
+        return kind(params, **{**settings, "foreach": True, "fused": None})
 
 
 class LocalNet(nn.Module):
@@ -230,16 +53,25 @@ class LocalNet(nn.Module):
     output of stage s's last block. ``optimizer``: a factory ``params -> torch.optim.Optimizer``
     (or an optimizer class), called once per stage. ``devices``: one device per stage, or one
     device for all (default CPU).
+
+    ``fast=True``: every stage updates at the end of the step in one optimizer step over all
+    stages' parameters (``net.optimizer``, fused or multi-tensor; stages have no optimizer of
+    their own). The stages' factory must give the same Adam, AdamW or SGD to each. The updates
+    are the per-stage ones in exact arithmetic (a stage's forward already used the weights of
+    before the step), but the fused kernels round differently: not bitwise equal to the default,
+    which the runners match bitwise. A non-finite loss stops the step before any stage updates.
     """
 
     def __init__(self, blocks, heads, plan, optimizer=default_optimizer, devices=None,
-                 loss_fn=cross_entropy):
+                 loss_fn=cross_entropy, fast: bool = False):
         super().__init__()
         if not isinstance(plan, Plan):
             raise TypeError(f"LocalNet: plan must be a minilocal.Plan, got {type(plan).__name__}")
         if not callable(optimizer):
             raise TypeError(f"LocalNet: optimizer must be a factory params -> torch.optim.Optimizer, "
                             f"e.g. lambda ps: torch.optim.SGD(ps, lr=0.1); got {optimizer!r}")
+        if not isinstance(fast, bool):
+            raise TypeError(f"LocalNet: fast must be True or False, got {fast!r}")
         blocks, heads = list(blocks), list(heads)
         check_modules(blocks, heads, plan)
         devices = check_devices(devices, plan.n_stages)
@@ -258,20 +90,37 @@ class LocalNet(nn.Module):
             self.stages.append(Stage(s, modules[:-1], modules[-1], opt, plan.reach(s), devices[s],
                                      loss_fn))
         # Stage t's graph lives until the last later stage whose loss reaches into it is done.
-        last_user = [plan.last_user(t) for t in range(plan.n_stages)]
+        self._last_user = last_user = [plan.last_user(t) for t in range(plan.n_stages)]
         for stage, last in zip(self.stages, last_user):
             stage.keep_graph = last is not None
         self._free_after = [[t for t, last in enumerate(last_user) if last == s]
                             for s in range(plan.n_stages)]
+        self.optimizer = joint_optimizer([st.optimizer for st in self.stages]) if fast else None
+        if fast:
+            for stage in self.stages:
+                stage.optimizer = None
+
+    @property
+    def fast(self) -> bool:
+        """One optimizer step over all stages (``LocalNet(fast=True)``)."""
+        return self.optimizer is not None
+
+    @property
+    def optimizers(self) -> list:
+        """Every optimizer of the net: one per stage, or the one of ``fast=True``."""
+        return [self.optimizer] if self.fast else [stage.optimizer for stage in self.stages]
 
     def _apply(self, fn, *args, **kwargs):
         """``net.to(...)``, ``.cuda()``, ``.double()`` move every module at once; afterwards each
         stage reads its device back from its tensors and its optimizer state follows them (one
         device per stage needs ``to_devices``)."""
         super()._apply(fn, *args, **kwargs)
-        for stage in getattr(self, "stages", []):
-            held = {id(p) for group in stage.optimizer.param_groups for p in group["params"]}
-            if held != {id(p) for p in stage.parameters()}:
+        stages = getattr(self, "stages", [])
+        for stage in stages:
+            opt = stage.optimizer or self.optimizer
+            held = {id(p) for group in opt.param_groups for p in group["params"]}
+            mine = {id(p) for p in stage.parameters()}
+            if (mine != held) if stage.optimizer else not mine <= held:
                 raise RuntimeError(f"LocalNet: this conversion replaced stage {stage.index}'s "
                                    f"parameters with new tensors (a move to 'meta' does), so its "
                                    f"optimizer no longer holds them; build the LocalNet with "
@@ -281,7 +130,8 @@ class LocalNet(nn.Module):
             if tensor is not None:
                 stage.device = tensor.device
             stage.release()
-            stage.optimizer.load_state_dict(stage.optimizer.state_dict())
+        for opt in self.optimizers if stages else []:
+            opt.load_state_dict(opt.state_dict())  # casts the state onto the parameters' devices
         return self
 
     def to_devices(self, devices):
@@ -291,8 +141,8 @@ class LocalNet(nn.Module):
                 m.to(d)
             stage.device = d
             stage.release()
-            # load_state_dict casts optimizer state onto each parameter's (new) device
-            stage.optimizer.load_state_dict(stage.optimizer.state_dict())
+        for opt in self.optimizers:  # load_state_dict casts the state onto the (new) devices
+            opt.load_state_dict(opt.state_dict())
         return self
 
     @staticmethod
@@ -335,16 +185,17 @@ class LocalNet(nn.Module):
         and delivers messages more than one stage back; tests/test_runtime.py holds it bitwise
         equal to ``run_sequential``, which drives the program itself."""
         self._check_pair(x, y)
+        each = update and not self.fast  # each stage updates as soon as no later loss needs it
         losses, h = [], x  # only the losses outlive their stage: h holds one activation at a time
         for s, stage in enumerate(self.stages):
-            res = stage_step(stage, h, y, update=update and not stage.keep_graph)
+            res = stage_step(stage, h, y, update=each and not stage.keep_graph)
             grad, remaining, t = res.grad_in, stage.reach, s - 1
             while remaining > 0:  # deliver the overlap message now, hop by hop
-                grad = receive_grad(self.stages[t], grad, remaining)
+                grad = receive_grad(self.stages[t], grad, remaining, self._last_user[t] != s)
                 remaining -= len(self.stages[t].blocks)
                 t -= 1
             for t in self._free_after[s]:  # no later loss needs stage t's graph any more
-                self.stages[t].update() if update else self.stages[t].release()
+                self.stages[t].update() if each else self.stages[t].release()
             losses.append(res.loss)
             h = res.x_out
         losses = [float(loss) for loss in losses]
@@ -353,6 +204,8 @@ class LocalNet(nn.Module):
                 stage.discard()
             for stage, loss in zip(self.stages, losses):
                 check_finite(stage, loss)
+        if update and self.fast:
+            self.step()
         return losses
 
     def local_backward(self, x, y):
@@ -365,15 +218,22 @@ class LocalNet(nn.Module):
 
     def step(self):
         """Every stage's optimizer step; clears grads and kept graphs."""
+        if not self.fast:
+            for stage in self.stages:
+                stage.update()
+            return
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         for stage in self.stages:
-            stage.update()
+            stage.release()
+            stage._loss = None
 
     def train_step(self, x, y):
         """One synchronous training step, equal to local_backward then step. Returns K losses.
 
         Each stage updates as soon as no later loss needs its graph, while its gradients are
         still in cache (as a pipeline would); a non-finite loss stops the step before its
-        stage's update.
+        stage's update. With ``fast=True`` all stages update at the end, in one step.
         """
         return self._run(x, y, update=True)
 

@@ -15,12 +15,11 @@ where the uninterrupted run would (``checkpoint.py``: written atomically, verifi
 """
 import math
 from collections.abc import Mapping
-from pathlib import Path
-
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import data_hash, read_checkpoint, recipe_of, write_checkpoint
+from .batches import BatchOrder
+from .checkpoint import FitCheckpoint, FitState, data_hash, recipe_of
 from .data import check_writable
 from .local import LocalNet
 from .validate import check_int
@@ -48,8 +47,8 @@ def _set_lr(net, factor, step):
     if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor >= 0):
         raise ValueError(f"fit: lr_schedule({step}) returned {factor!r}; it must return a finite "
                          f"factor >= 0 that multiplies each optimizer's initial lr")
-    for stage in net.stages:
-        for group in stage.optimizer.param_groups:
+    for opt in net.optimizers:
+        for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
 
@@ -100,27 +99,49 @@ def evaluate(net, x, y, batch_size=1024):
     return [v / count for v in loss_sum], [c / count for c in correct]
 
 
-def _load(path, net, recipe, steps):
-    """Resume state from a verified checkpoint of this very run (CheckpointError otherwise)."""
-    state = read_checkpoint(path, recipe)
-    if state["step"] > steps:
-        raise ValueError(f"fit: checkpoint {path} is at step {state['step']}, past steps={steps}; "
-                         f"ask for at least {state['step']} steps")
-    net.load_state_dict(state["model"])
-    for stage, opt_state, count in zip(net.stages, state["optimizers"], state["stage_steps"]):
-        stage.optimizer.load_state_dict(opt_state)  # casts state onto the parameters' devices
-        stage.step_count = count
-    torch.set_rng_state(state["rng"]["torch"])
-    if torch.cuda.is_available() and state["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state
-
-
 def _preflight(net, x, y, x_test, y_test):
     """One checked dry run of a training and a test batch, and every label's range: a bad input
     fails here, before any step, and not at the first evaluation after training."""
     net.check_batch(x[:2], y[:2], labels=(("y", y), ("y_test", y_test)))
     net.check_batch(x_test[:2], y_test[:2])
+
+
+def check_fit(net, data, steps, epochs, batch_size, eval_every, eval_batch_size, checkpoint,
+              checkpoint_every):
+    """Every argument check of ``fit`` that needs no step: returns (x, y, x_test, y_test, steps)."""
+    if not isinstance(net, LocalNet):
+        raise TypeError(f"fit: net must be a minilocal.LocalNet, got {type(net).__name__}")
+    x, y, x_test, y_test = _tensors(data)
+    n = len(x)
+    for name, value in (("batch_size", batch_size), ("eval_every", eval_every),
+                        ("eval_batch_size", eval_batch_size), ("checkpoint_every", checkpoint_every)):
+        check_int("fit", name, value, 1, none_ok=True)
+    if batch_size > n:
+        raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} training examples")
+    if (steps is None) == (epochs is None):
+        raise ValueError(f"fit: give exactly one of steps or epochs, got steps={steps!r}, "
+                         f"epochs={epochs!r}")
+    steps = steps if epochs is None else epochs * (n // batch_size)
+    check_int("fit", "the number of steps", steps, 1)
+    if checkpoint is not None:
+        check_writable(checkpoint, "fit: checkpoint")
+    return x, y, x_test, y_test, steps
+
+
+def _place(net, device, progress, x, y, x_test, y_test):
+    """Move the net (``device``) and the data to it, then one checked dry run."""
+    if device is not None:
+        if device == "auto":
+            from .devices import device as pick
+
+            device = pick(verbose=progress)
+        net.to_devices(device)
+    first = net.stages[0]
+    if x.is_floating_point() and first.dtype is not None:  # data follows the model, like numpy's train
+        x, x_test = x.to(first.dtype), x_test.to(first.dtype)
+    x, y = x.to(first.device), y.to(first.device)  # the whole (small) training set moves once
+    _preflight(net, x, y, x_test, y_test)
+    return x, y, x_test, y_test
 
 
 def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, eval_every=100,
@@ -138,89 +159,58 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     ``callback(step, losses)`` is called after every step with the K stage losses (e.g. a
     ``minilocal.dashboard.Dashboard``'s ``log``).
     """
-    if not isinstance(net, LocalNet):
-        raise TypeError(f"fit: net must be a minilocal.LocalNet, got {type(net).__name__}")
-    x, y, x_test, y_test = _tensors(data)
+    x, y, x_test, y_test, steps = check_fit(net, data, steps, epochs, batch_size, eval_every,
+                                            eval_batch_size, checkpoint, checkpoint_every)
     # the data set's hash, before any dtype or device change
     digest = None if checkpoint is None else data_hash([x, y, x_test, y_test])
-    n = len(x)
-    for name, value in (("batch_size", batch_size), ("eval_every", eval_every),
-                        ("eval_batch_size", eval_batch_size), ("checkpoint_every", checkpoint_every)):
-        check_int("fit", name, value, 1, none_ok=True)
-    if batch_size > n:
-        raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} training examples")
-    if (steps is None) == (epochs is None):
-        raise ValueError(f"fit: give exactly one of steps or epochs, got steps={steps!r}, "
-                         f"epochs={epochs!r}")
-    steps = steps if epochs is None else epochs * (n // batch_size)
-    check_int("fit", "the number of steps", steps, 1)
-    if checkpoint is not None:
-        check_writable(checkpoint, "fit: checkpoint")
-    if device is not None:
-        if device == "auto":
-            from .devices import device as pick
-
-            device = pick(verbose=progress)
-        net.to_devices(device)
-    first = net.stages[0]
-    if x.is_floating_point() and first.dtype is not None:  # data follows the model, like numpy's train
-        x, x_test = x.to(first.dtype), x_test.to(first.dtype)
-    x, y = x.to(first.device), y.to(first.device)  # the whole (small) training set moves once
-    _preflight(net, x, y, x_test, y_test)
+    x, y, x_test, y_test = _place(net, device, progress, x, y, x_test, y_test)
     schedule = _schedule(lr_schedule, steps)
-    for stage in net.stages:
-        for group in stage.optimizer.param_groups:
+    for opt in net.optimizers:
+        for group in opt.param_groups:
             group.setdefault("initial_lr", group["lr"])
-    checkpoint_every = checkpoint_every or eval_every
-
-    gen = torch.Generator().manual_seed(seed)
+    batches = BatchOrder(len(x), batch_size, seed, mode="torch", where="fit")
     torch.manual_seed(seed)  # dropout and other randomness inside the model
-    history = {key: [] for key in HISTORY_KEYS}
-    running, order, pos, start = [], torch.randperm(n, generator=gen), 0, 0
-    recipe = None if checkpoint is None else recipe_of(net, batch_size, seed, digest)
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = _load(checkpoint, net, recipe, steps)
-        gen.set_state(state["rng"]["batches"])
-        history, running, order, pos, start = (state["history"], state["running"], state["order"],
-                                               state["pos"], state["step"])
+    run = FitState({key: [] for key in HISTORY_KEYS})
+    saver = None if checkpoint is None else \
+        FitCheckpoint(checkpoint, recipe_of(net, batch_size, seed, digest))
+    if resume and saver is not None and saver.exists():
+        saver.resume(net, batches, run, steps)
+    _loop(net, (x, y), (x_test, y_test), batches, run, steps, schedule, eval_every,
+          eval_batch_size, saver, checkpoint_every or eval_every, progress, callback)
+    return run.history
 
-    def save(step):
-        write_checkpoint(checkpoint, recipe, {
-            "step": step, "model": net.state_dict(),
-            "optimizers": [s.optimizer.state_dict() for s in net.stages],
-            "stage_steps": [s.step_count for s in net.stages], "history": history,
-            "running": running, "order": order, "pos": pos,
-            "rng": {"torch": torch.get_rng_state(), "batches": gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}})
 
-    bar = tqdm(total=steps, initial=start, desc=net.plan.name or "fit", disable=not progress)
+def _loop(net, train, test, batches, run, steps, schedule, eval_every, eval_batch_size, saver,
+          checkpoint_every, progress, callback):
+    """Steps ``run.step + 1 .. steps``: a batch, the lr, the step, and at its times an evaluation
+    into ``run.history`` and a checkpoint."""
+    (x, y), (x_test, y_test) = train, test
+    bar = tqdm(total=steps, initial=run.step, desc=net.plan.name or "fit", disable=not progress)
     shown = {}  # the bar's postfix: output-head train loss and test accuracy
     net.train()
     try:
-        for step in range(start + 1, steps + 1):
-            if pos + batch_size > n:
-                order, pos = torch.randperm(n, generator=gen), 0
-            idx = order[pos:pos + batch_size].to(x.device)
-            pos += batch_size
+        for step in range(run.step + 1, steps + 1):
+            idx = next(batches).to(x.device)
             if schedule is not None:
                 _set_lr(net, schedule(step - 1), step - 1)
-            running.append(net.train_step(x[idx], y[idx]))
+            run.running.append(net.train_step(x[idx], y[idx]))
+            run.step = step
             if callback is not None:
-                callback(step, running[-1])
+                callback(step, run.running[-1])
             bar.update(1)
             if step % 10 == 0:  # the output head's loss, averaged since the last evaluation
-                shown["loss"] = f"{sum(r[-1] for r in running) / len(running):.3f}"
+                shown["loss"] = f"{sum(r[-1] for r in run.running) / len(run.running):.3f}"
                 bar.set_postfix(shown, refresh=False)
             if step % eval_every == 0 or step == steps:
                 test_loss, test_acc = evaluate(net, x_test, y_test, eval_batch_size)
+                history = run.history
                 history["step"].append(step)
-                history["train_loss"].append([sum(col) / len(running) for col in zip(*running)])
+                history["train_loss"].append([sum(c) / len(run.running) for c in zip(*run.running)])
                 history["test_loss"].append(test_loss)
                 history["test_acc"].append(test_acc)
-                running = []
+                run.running = []
                 shown["test_acc"] = f"{test_acc[-1]:.3f}"
-            if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
-                save(step)
+            if saver is not None and (step % checkpoint_every == 0 or step == steps):
+                saver.save(net, batches, run)
     finally:  # an error or an interrupt must not leave the bar open
         bar.close()
-    return history

@@ -489,3 +489,78 @@ def test_a_delayed_message_does_not_update_batchnorm_twice():
     receive_stale_grad(net.stages[0], torch.randn(8, 4), 1, x)
     assert torch.equal(bn.running_mean, seen[0]) and int(bn.num_batches_tracked) == seen[1] == 1
     assert blocks[0][0].weight.grad is not None
+
+
+# --- fast=True: one optimizer step over all stages -------------------------------------------
+def adam(params):
+    return torch.optim.Adam(params, lr=1e-2)
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=repr)
+@pytest.mark.parametrize("optimizer", [adam, sgd(momentum=0.9)], ids=["adam", "sgd"])
+def test_fast_equals_the_per_stage_updates(plan, optimizer):
+    """Oracle: the default path (bitwise the runners'). Fused kernels round differently, so
+    float64 and a tolerance far below one step's change."""
+    nets = [LocalNet(*mlp(plan, dtype=torch.float64), plan, optimizer=optimizer, fast=fast)
+            for fast in (False, True)]
+    assert nets[1].fast and nets[1].optimizers == [nets[1].optimizer]
+    assert all(stage.optimizer is None for stage in nets[1].stages)
+    for t in range(4):
+        x, y = batch(dtype=torch.float64, seed=t)
+        want, got = (net.train_step(x, y) for net in nets)
+        assert got == pytest.approx(want, rel=1e-12)
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), name
+        assert b.grad is None
+    assert [s.step_count for s in nets[1].stages] == [4] * plan.n_stages
+
+
+def test_fast_local_backward_then_step_equals_train_step():
+    plan = Plan.overlapping(4)
+    a, b = (LocalNet(*mlp(plan, dtype=torch.float64), plan, optimizer=adam, fast=True)
+            for _ in range(2))
+    x, y = batch(dtype=torch.float64)
+    assert a.train_step(x, y) == b.local_backward(x, y)
+    b.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_fast_stops_the_whole_step_on_a_non_finite_loss():
+    plan = Plan.greedy(3)
+    net = LocalNet(*mlp(plan), plan, optimizer=adam, fast=True)
+    before = copy.deepcopy(net.state_dict())
+    with torch.no_grad():
+        net.heads[2].bias.fill_(float("nan"))
+    before["heads.2.bias"] = net.heads[2].bias.clone()
+    with pytest.raises(FloatingPointError, match="stage 2: local loss is nan"):
+        net.train_step(*batch())
+    for k, v in net.state_dict().items():  # no stage updated, no gradient left behind
+        assert torch.equal(v, before[k]) or (v.isnan().all() and before[k].isnan().all()), k
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_fast_refuses_what_it_cannot_join():
+    plan = Plan.greedy(2)
+    kinds = iter([torch.optim.Adam, torch.optim.SGD])
+    with pytest.raises(ValueError, match="same Adam / AdamW / SGD with the same settings"):
+        LocalNet(*mlp(plan), plan, optimizer=lambda ps: next(kinds)(ps, lr=0.1), fast=True)
+    with pytest.raises(ValueError, match=r"got RMSprop \(1 group\(s\)\), RMSprop"):
+        LocalNet(*mlp(plan), plan, optimizer=torch.optim.RMSprop, fast=True)
+    with pytest.raises(TypeError, match="fast must be True or False"):
+        LocalNet(*mlp(plan), plan, fast="yes")
+    net = LocalNet(*mlp(plan), plan, fast=True)
+    with pytest.raises(RuntimeError, match="stage 0 has no optimizer of its own"):
+        stage_step(net.stages[0], *batch())
+
+
+def test_fast_optimizer_state_follows_a_conversion():
+    plan = Plan.chunked(4, 2)
+    a, b = (LocalNet(*mlp(plan), plan, optimizer=adam, fast=True) for _ in range(2))
+    x, y = batch()
+    a.train_step(x, y), b.train_step(x, y)
+    b.double()
+    assert all(s.dtype == torch.float64 for s in b.optimizer.state.values()
+               for s in [s["exp_avg"]])
+    a.double()
+    xd = x.double()
+    assert a.train_step(xd, y) == b.train_step(xd, y)

@@ -285,3 +285,35 @@ def test_fit_checks_data_and_paths_before_the_first_step(toy_data, tmp_path):
     with pytest.raises(ValueError, match=r"y_test must lie in \[0, 2\]"):
         fit(net, {**toy_data, "y_test": toy_data["y_test"] + 5}, steps=5, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+def test_fast_net_schedules_checkpoints_and_resumes_bitwise(toy_data, tmp_path):
+    """fit drives a LocalNet(fast=True) (one optimizer) like any other: oracle, the same run
+    uninterrupted; and a fast checkpoint is refused by a per-stage net."""
+    plan = Plan.overlapping(3)
+    kwargs = dict(steps=8, batch_size=32, eval_every=4, lr_schedule="cosine", progress=False)
+
+    def fast_net(seed=0):
+        torch.manual_seed(seed)
+        blocks = [Dense(40 if b == 0 else 16, 16) for b in range(plan.n_blocks)]
+        heads = [nn.Linear(16, 3) for _ in range(plan.n_stages)]
+        return LocalNet(blocks, heads, plan, optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-2),
+                        fast=True)
+
+    whole = fast_net()
+    want = fit(whole, toy_data, **kwargs)
+    assert whole.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * cosine(8)(7))
+    path = tmp_path / "run.pt"
+
+    def interrupt(step, losses):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(fast_net(), toy_data, checkpoint=path, callback=interrupt, **kwargs)
+    assert torch.load(path, weights_only=True)["step"] == 4
+    resumed = fast_net(seed=1)
+    assert fit(resumed, toy_data, checkpoint=path, resume=True, **kwargs) == want
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
+    with pytest.raises(ValueError, match="written with optimizer="):
+        fit(net_for(plan), toy_data, checkpoint=path, resume=True, **kwargs)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..batches import BatchOrder
 from ..data import atomic_write
 from ..local import LocalNet
 from ..plan import Plan
@@ -64,14 +65,11 @@ def eval_schedule(max_steps, ratio):
 
 
 def sample_batches(n, batch, seed):
-    """Endless index batches (batch,) over n examples: shuffled epochs under a seeded generator."""
+    """Endless index batches (batch,) over n examples: shuffled epochs under a seeded torch
+    generator (``BatchOrder`` in mode 'torch', the stream ``fit`` draws too)."""
     if batch > n:
         raise ValueError(f"sample_batches: batch ({batch}) is larger than the dataset ({n})")
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(n, generator=g)
-        for i in range(0, n - batch + 1, batch):
-            yield order[i:i + batch]
+    return BatchOrder(n, batch, seed, mode="torch", where="sample_batches")
 
 
 def load_data(config):

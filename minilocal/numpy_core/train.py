@@ -6,6 +6,7 @@ History format (shared with the torch loop): a dict of lists, one entry per eval
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..batches import BatchOrder
 from ..validate import check_choice, check_int
 from .layers import softmax_cross_entropy_fwd
 from .mlp import forward, local_grads
@@ -31,15 +32,11 @@ def train(params, plan, data, steps=1000, batch_size=128, optimizer="adam", lr=1
     kwargs = {"lr": lr, "momentum": momentum} if optimizer == "sgd" else {"lr": lr}
     opt = OPTIMIZERS[optimizer](params, **kwargs)
     x, y = data["x"].astype(next(iter(params.values())).dtype), data["y"]
-    rng = np.random.default_rng(seed)
+    batches = BatchOrder(len(x), batch_size, seed, mode="numpy", where="train")
     history = {"step": [], "train_loss": [], "test_loss": [], "test_acc": []}
     running = []
-    order, pos = rng.permutation(len(x)), 0
     for step in tqdm(range(1, steps + 1), desc=f"numpy {plan.name or 'plan'}", disable=not progress):
-        if pos + batch_size > len(x):
-            order, pos = rng.permutation(len(x)), 0
-        idx = order[pos:pos + batch_size]
-        pos += batch_size
+        idx = next(batches)
         grads, losses = local_grads(params, x[idx], y[idx], plan, activation)
         opt.step(grads)
         running.append(losses)

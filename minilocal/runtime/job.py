@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..batches import BatchOrder
 from ..local import LocalNet
 from ..plan import Plan
 
@@ -104,12 +105,12 @@ class ArrayBatches:
         if self.batch_size > len(self.x):
             raise ValueError(f"ArrayBatches: batch_size {self.batch_size} is larger than the "
                              f"{len(self.x)} examples; use a batch_size <= {len(self.x)}")
+        # batch t from (seed, t) alone: every rank regenerates it (BatchOrder's per-epoch mode)
+        object.__setattr__(self, "_order", BatchOrder(len(self.x), self.batch_size, self.seed,
+                                                      mode="numpy-per-epoch", where="ArrayBatches"))
 
     def __call__(self, t):
-        per_epoch = len(self.x) // self.batch_size  # a short tail is dropped: every batch is full
-        epoch, i = divmod(t, per_epoch)
-        order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
-        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self._order.at(t)  # a short tail is dropped: every batch is full
         return torch.from_numpy(self.x[idx]), torch.from_numpy(self.y[idx])
 
 
