@@ -119,7 +119,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="half as many messages per round")
     args = parser.parse_args()
     times = launch(bench_worker, (SIZES, args.repeats, args.quick), 2)[1]  # the receiver's clock
-    print(f"messages: activation float32 (64, D) + labels int64 (64,); gloo, 2 processes x 1 thread; window "
+    print(f"messages: activation float32 (64, D) + labels int64 (64,); gloo, 2 processes x 1 "
+          f"thread; window "
           f"{Options().window}; {args.repeats} rounds, median [min, max] µs per message")
     print(f"{'size':>8} {'n':>5} {'Links µs':>22} {'raw isend/irecv µs':>22} {'ratio':>18}")
     for size in SIZES:

@@ -133,21 +133,23 @@ class Links:
     activation and its labels travel as one packed buffer up to ``wire.PACK_BYTES``, as two
     tensors beyond; a backward message as its tensor.
 
-    Where a message's time went before packing (gloo, 2 processes x 1 thread, this 2-core box,
-    ``benchmarks/messages.py``; 1.5-1.8x a raw isend/irecv stream at 16-256 KiB, 1.0x at 4 MiB):
-    not in waiting (one blocking ``wait`` with a timeout per request; no polling) nor in the
-    posting order (receives were already posted ``window`` ahead, as in the raw stream), but in
-    the number of operations and the Python around each: two isend/irecv pairs per message
-    (activation, labels), each with its wait, wake-up and bookkeeping. Per message, the
-    bookkeeping (a timedelta, a formatted string per wait, detach/contiguous/to, stats, the
-    timeline event) was about 20 us of one process's Python on a quiet core, and more under load.
-    Packing halves the operations; the copy it costs grows with the size, so large messages go
-    unpacked, which costs what the raw stream costs.
+    Where a message's time went before the layouts (gloo, 2 processes x 1 thread on this 2-core
+    box, ``benchmarks/messages.py``: 1.7-1.9x a raw isend/irecv stream at 16-64 KiB, 1.3x at
+    256 KiB, ~1x at 4 MiB): not in waiting (one blocking ``wait`` with a timeout per request, no
+    polling: with and without the timeout measured the same) nor in posting order (receives were
+    already posted ``window`` ahead, as in the raw stream), but (1) in two operations per
+    activation message, one for the labels: one flat buffer instead cost 0.66x the wall time and
+    0.7x the CPU of the two-tensor stream at 16 KiB; and (2) in the Python around each operation:
+    dist.isend/irecv's checks, a timedelta and a formatted string per wait, detach/contiguous/to
+    per tensor, ~20 us per message and side on a quiet core, 40-60 us of main-thread CPU under
+    load. Copies cost in proportion to size (1 MiB: ~120 us; a fresh 4 MiB buffer also
+    page-faults: 1.2 ms vs 0.6 ms reused), so only small messages are packed.
     """
 
     WHAT = {("recv", "act"): "receive the activation of",
             ("recv", "grad"): "receive the backward message of",
-            ("send", "act"): "send the act message of", ("send", "grad"): "send the grad message of"}
+            ("send", "act"): "send the act message of",
+            ("send", "grad"): "send the grad message of"}
 
     def __init__(self, rank, job, specs, opts, device, staging, t0, timeline, layout=None):
         layout = layout or Layout(job.plan.n_stages)
