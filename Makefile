@@ -32,7 +32,7 @@ test-portability: $(STAMP)
 env: check-python $(STAMP)
 
 release: $(STAMP)
-	$(BIN)/python -m minilocal.release
+	$(BIN)/python -m minilocal.teaching.release
 
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py runs/gpu-check

@@ -17,8 +17,9 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 from minilocal.compute.cost import describe_cost_model  # noqa: E402
-from minilocal.compute.pareto import frontier, plot_loss_vs_time, plot_scaling  # noqa: E402
-from minilocal.compute.similarity import plot_similarity, similarity_over_training  # noqa: E402
+from minilocal.compute.pareto import frontier  # noqa: E402
+from minilocal.compute.similarity import similarity_over_training  # noqa: E402
+from minilocal.viz import plot_loss_vs_time, plot_scaling, plot_similarity  # noqa: E402
 from minilocal.compute.sweep import (DEFAULTS, build_net, load_data, make_plan, sweep,  # noqa: E402
                                      sweep_configs)
 
@@ -93,9 +94,9 @@ def main():
     print_frontier(results, scale["targets"])
 
     figures = {"pareto_scaling": plot_scaling(frontier(results, scale["targets"][-1], THROUGHPUT),
-                                              scale["targets"][-1]),
-               "loss_vs_time": plot_loss_vs_time(results, scale["targets"][-1], THROUGHPUT),
-               "loss_vs_flops": plot_loss_vs_time(results, scale["targets"][-1], x="flops")}
+                                              scale["targets"][-1])[0],
+               "loss_vs_time": plot_loss_vs_time(results, scale["targets"][-1], THROUGHPUT)[0],
+               "loss_vs_flops": plot_loss_vs_time(results, scale["targets"][-1], x="flops")[0]}
 
     sim = scale["similarity"]
     sim_configs = [dict(DEFAULTS, **scale["settings"], device=device, method=m, batch=sim["batch"],
@@ -108,7 +109,7 @@ def main():
         print(f"  {record['config']['method']:<12} step 0: {[round(c, 3) for c in first]}  "
               f"step {record['step'][-1]}: {[round(c, 3) for c in last]}")
         figures[f"similarity_{record['config']['method']}"] = plot_similarity(
-            record, title=f"{record['config']['method']}: gradient similarity to backprop")
+            record, title=f"{record['config']['method']}: gradient similarity to backprop")[0]
     for name, fig in figures.items():
         fig.savefig(out / f"{name}_mnist1d{suffix}.png", dpi=110)
     print(f"\nfigures in {out}/: " + ", ".join(f"{n}_mnist1d{suffix}.png" for n in figures))

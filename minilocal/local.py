@@ -13,8 +13,9 @@ from torch import nn
 from .guards import check_batch_size, check_devices, check_finite, check_label_range, \
     check_labels, check_modules
 from .plan import Plan
-from .stage import (Stage, StepResult, _forward_blocks, _head, _local_loss, cross_entropy,  # noqa: F401
-                    kept_buffers, receive_grad, receive_stale_grad, stage_step)
+from .stage import (Stage, StepResult, _forward_blocks, _head, _local_loss,  # noqa: F401
+                    cross_entropy, forward_blocks, head_logits, kept_buffers, receive_grad,
+                    receive_stale_grad, stage_step)
 
 # optimizers whose update of a parameter reads only that parameter's gradient and state: one
 # step over all stages' parameters is K per-stage steps (fused kernels where torch has them)
@@ -168,8 +169,8 @@ class LocalNet(nn.Module):
         try:
             with torch.no_grad():
                 for stage in self.stages:
-                    h = _forward_blocks(stage, h.to(stage.device))
-                    logits = _head(stage, h)
+                    h = forward_blocks(stage, h.to(stage.device))
+                    logits = head_logits(stage, h)
                     if stage.loss_fn is cross_entropy:
                         check_labels(stage, logits, y.to(stage.device))
                         for name, more in labels:
@@ -240,9 +241,9 @@ class LocalNet(nn.Module):
     def _through(self, x, every_head):
         outs, h = [], x
         for stage in self.stages:
-            h = _forward_blocks(stage, h.to(stage.device))
+            h = forward_blocks(stage, h.to(stage.device))
             if every_head or stage is self.stages[-1]:
-                outs.append(_head(stage, h))
+                outs.append(head_logits(stage, h))
         return outs
 
     def stage_outputs(self, x):

@@ -102,7 +102,9 @@ class StepResult:
     grad_in: torch.Tensor = None   # d l_s / d x_in when the loss reaches back (overlap > 0)
 
 
-def _forward_blocks(stage, x):
+def forward_blocks(stage, x):
+    """Stage ``stage``'s blocks on x, with the input and token-id checks and errors that name the
+    block that failed."""
     check_input(stage, x)
     for i, block in enumerate(stage.blocks):
         if stage.device.type == "cuda" and not x.is_floating_point():
@@ -114,7 +116,8 @@ def _forward_blocks(stage, x):
     return x
 
 
-def _head(stage, h):
+def head_logits(stage, h):
+    """Stage ``stage``'s head on its output h; a dtype or shape mismatch is named."""
     try:
         return stage.head(h)
     except RuntimeError as e:
@@ -157,8 +160,8 @@ def stage_step(stage, x_in, y, update=True):
     y = y.to(stage.device, non_blocking=fast)
     if stage.reach:
         x_in.requires_grad_(True)
-    out = _forward_blocks(stage, x_in)
-    loss = _local_loss(stage, _head(stage, out), y)
+    out = forward_blocks(stage, x_in)
+    loss = _local_loss(stage, head_logits(stage, out), y)
     loss.backward(retain_graph=stage.keep_graph)
     if stage.keep_graph:
         stage._x_in, stage._out = x_in, out
@@ -225,3 +228,6 @@ def receive_stale_grad(stage, grad_out, n_blocks, x_in):
             h = block(h)
         if targets:  # blocks without parameters (an activation) have nothing to learn
             torch.autograd.backward(h, grad_out.to(stage.device), inputs=targets)
+
+
+_forward_blocks, _head = forward_blocks, head_logits  # the names older code imports

@@ -157,7 +157,7 @@ def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, ev
     ``minilocal.device()``, anything else is passed to ``net.to_devices``. ``seed`` fixes the batch
     order and seeds torch's global generator (dropout and other randomness inside the model).
     ``callback(step, losses)`` is called after every step with the K stage losses (e.g. a
-    ``minilocal.dashboard.Dashboard``'s ``log``).
+    ``minilocal.viz.dashboard.Dashboard``'s ``log``).
     """
     x, y, x_test, y_test, steps = check_fit(net, data, steps, epochs, batch_size, eval_every,
                                             eval_batch_size, checkpoint, checkpoint_every)

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 
-from minilocal import release as rel
+from minilocal.teaching import release as rel
 
 CHECK_CALL = re.compile(r"\bcheck\(\s*[\"'](\d+\.\d+)[\"']")
 DEFINES = re.compile(r"^def (\w+)\(", re.M)

@@ -218,7 +218,7 @@ def test_explorer_draws_right_after_run_all_and_redraws_on_a_change():
         root.mkdir()
         work.mkdir()
         write_notebook(root / "explorer.ipynb", [
-            "from minilocal.widgets import plan_explorer\nexplorer = plan_explorer(n_blocks=6)\nexplorer"])
+            "from minilocal.viz.widgets import plan_explorer\nexplorer = plan_explorer(n_blocks=6)\nexplorer"])
         first, after = explorer_session(root, work)
     # overlapping(6): 9 x 3.9 inches at 100 dpi; greedy(6) has one bracket row: 9 x 3.55 inches
     assert (first["width"], first["height"]) == (900, 390), first

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minilocal.checks import check, max_rel_error
+from minilocal.teaching.checks import check, max_rel_error
 
 
 # --- max_rel_error ----------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def right_step(block, head, x_in, y):
 
 
 def test_stops_gradient_accepts_the_stop_gradient():
-    from minilocal.checks import stops_gradient
+    from minilocal.teaching.checks import stops_gradient
     assert stops_gradient(right_step, stage_cases()[0]) is None
 
 
@@ -243,7 +243,7 @@ def test_stops_gradient_accepts_the_stop_gradient():
     ("attached", r"the returned output still carries the graph"),
 ])
 def test_stops_gradient_catches_a_missing_detach(wrong, message):
-    from minilocal.checks import stops_gradient
+    from minilocal.teaching.checks import stops_gradient
 
     def step(block, head, x_in, y):
         out = block(x_in if wrong != "attached" else x_in.detach())

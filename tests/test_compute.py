@@ -13,10 +13,10 @@ from minilocal import LocalNet, Plan
 from minilocal.compute.cost import (describe_cost_model, idealized_time, stage_flops, step_flops,
                                     step_time)
 from minilocal.compute.flops import Flops, count_flops, model_flops
-from minilocal.compute.pareto import (best_runs, frontier, lower_envelope, plot_loss_vs_time,
-                                      plot_scaling, steps_to_target)
+from minilocal.compute.pareto import best_runs, frontier, lower_envelope, steps_to_target
 from minilocal.compute.similarity import (cosine, gradient_similarity, plan_gradients,
-                                          plot_similarity, similarity_over_training)
+                                          similarity_over_training)
+from minilocal.viz import plot_loss_vs_time, plot_scaling, plot_similarity
 from minilocal.compute.sweep import (config_key, output_loss, eval_schedule, make_plan, run_one, sample_batches,
                                      sweep, sweep_configs)
 
@@ -258,10 +258,10 @@ def test_best_runs_and_frontier_on_a_hand_table():
         dict(method="bp", batch=8, lr=1e-2, steps=20, time=20 * 100 / 10, flops=20 * 8 * 100),
         dict(method="bp", batch=64, lr=1e-3, steps=None, time=None, flops=None),
         dict(method="gr", batch=8, lr=1e-3, steps=30, time=(30 + 1) * 30 / 10, flops=30 * 8 * 50)]
-    fig = plot_scaling(table, 0.5)
-    assert [len(ax.lines) for ax in fig.axes] == [2, 2]
-    fig = plot_loss_vs_time(results, 0.5)
-    assert len(fig.axes[0].lines) == 3 + 2 + 1        # best runs, one envelope per method, target
+    fig, axes = plot_scaling(table, 0.5)
+    assert [len(ax.lines) for ax in axes] == [2, 2] and list(fig.axes) == list(axes)
+    fig, ax = plot_loss_vs_time(results, 0.5)
+    assert fig.axes == [ax] and len(ax.lines) == 3 + 2 + 1  # best runs, one envelope per method, target
     with pytest.raises(ValueError, match="'flops'"):
         plot_loss_vs_time(results, 0.5, x="steps")
 
@@ -327,7 +327,8 @@ def test_similarity_over_training_does_not_disturb_training():
     assert all(torch.equal(a, b) for a, b in zip(watched.parameters(), plain.parameters()))
     assert history["step"] == [0, 3, 6]
     assert [c[2] for c in history["cosine"]] == pytest.approx([1.0] * 3, abs=1e-12)
-    assert len(plot_similarity(history).axes[0].lines) == 3 + 1
+    fig, ax = plot_similarity(history)
+    assert fig.axes == [ax] and len(ax.lines) == 3 + 1
 
 
 def test_output_loss_evaluates_in_eval_mode_and_restores_the_mode():

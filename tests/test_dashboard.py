@@ -7,9 +7,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from minilocal import dashboard  # noqa: E402
-from minilocal.dashboard import Dashboard, frontend_present  # noqa: E402
-from minilocal.plots import png_size, stage_color  # noqa: E402
+from minilocal.viz import dashboard  # noqa: E402
+from minilocal.viz.dashboard import Dashboard, frontend_present  # noqa: E402
+from minilocal.viz.plots import png_size, stage_color  # noqa: E402
 
 LOSSES = [[4.0, 2.0], [2.0, 1.0], [3.0, 3.0], [1.0, 0.0], [0.5, 0.25]]  # steps 1..5, K = 2
 

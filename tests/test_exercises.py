@@ -13,7 +13,7 @@ import re
 import pytest
 
 from exercise_runs import PASSED, run_notebook
-from minilocal import release as rel
+from minilocal.teaching import release as rel
 
 ROOT = rel.ROOT / "solutions"
 PLACE = r"result\S*( at \[[\d, ]*\])? (is|has|holds)"  # a message that names where the result differs

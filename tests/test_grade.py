@@ -6,10 +6,10 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from minilocal import grade
+from minilocal.teaching import grade
 
 KERNEL = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
-SETUP = "import numpy as np\nfrom minilocal.checks import check"
+SETUP = "import numpy as np\nfrom minilocal.teaching.checks import check"
 STUB = '# Exercise 1.1: return x plus one\ndef f(x):\n    raise NotImplementedError("Exercise 1.1: return x plus one")'
 CHECK = "f = check('1.1', f, lambda x: x + 1, [(np.arange(3.0),)])"
 STUB2 = '# Exercise 1.2: return twice x\ndef g(x):\n    raise NotImplementedError("Exercise 1.2: return twice x")'

@@ -227,7 +227,7 @@ def test_train_rejects_bad_arguments(data):
 
 
 def test_rel_error_hand_worked_and_one_measure_with_the_checks():
-    from minilocal.checks import max_rel_error
+    from minilocal.teaching.checks import max_rel_error
 
     assert rel_error([1.0, 2.0], [1.0, 2.5]) == pytest.approx(0.5 / 4.5, rel=1e-15)
     assert rel_error([1e-10], [0.0]) == pytest.approx(1e-2, rel=1e-12)  # the 1e-8 floor

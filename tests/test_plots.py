@@ -9,11 +9,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from minilocal import Plan  # noqa: E402
-from minilocal.plots import (final_metrics, offscreen_figure, output_curve, plan_figsize,  # noqa: E402
-                             plot_compare, plot_history, plot_plan, png_bytes, png_size)
+from minilocal.viz.plots import (final_metrics, offscreen_figure, output_curve,  # noqa: E402
+                                  plan_figsize, plot_compare, plot_history, plot_plan, png_bytes,
+                                  png_size)
 from minilocal.runtime import Event, plot_timelines, schedule_timeline  # noqa: E402
-from minilocal.widgets import (parse_spec, plan_explorer, plan_from_choice, plan_from_spec,  # noqa: E402
-                               plan_png)
+from minilocal.viz.widgets import (parse_spec, plan_explorer, plan_from_choice,  # noqa: E402
+                                    plan_from_spec, plan_png)
 
 PLANS = [Plan.backprop(5), Plan.greedy(5), Plan.overlapping(5), Plan.chunked(5, 2),
          Plan(((0, 1), (2,), (3, 4)), overlap=2)]
@@ -286,3 +287,54 @@ def test_gantt_legend_names_exactly_the_kinds_drawn():
     fig, _ = plot_timelines({"gpipe": gpipe, "1f1b": with_update})
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["forward", "backward", "update",
                                                                   "idle"]
+
+
+# --- one home, one style ------------------------------------------------------------------------
+def test_old_module_names_are_the_moved_modules():
+    import importlib
+
+    for old, new in [("plots", "viz.plots"), ("widgets", "viz.widgets"),
+                     ("dashboard", "viz.dashboard"), ("checks", "teaching.checks"),
+                     ("release", "teaching.release"), ("grade", "teaching.grade")]:
+        assert importlib.import_module(f"minilocal.{old}") is importlib.import_module(f"minilocal.{new}")
+    from minilocal.compute import pareto, similarity
+    import minilocal.viz as viz
+
+    assert pareto.plot_scaling is viz.plot_scaling and similarity.plot_similarity is viz.plot_similarity
+    with pytest.raises(AttributeError, match="no_such_plot"):
+        viz.no_such_plot
+
+
+def test_every_plot_returns_its_figure_and_axes():
+    import minilocal.viz as viz
+
+    history = {"step": [1, 2], "train_loss": [[1.0, 0.9], [0.8, 0.7]], "test_acc": [[0.1, 0.2], [0.3, 0.4]]}
+    rows = [dict(method="greedy", batch=8, lr=1e-3, steps=3, time=1.0, flops=1)]
+    timeline = [Event(0, "forward", 0.0, 1.0, 0)]
+    calls = {"plot_plan": lambda: viz.plot_plan(Plan.greedy(3)),
+             "plot_history": lambda: viz.plot_history(history),
+             "plot_compare": lambda: viz.plot_compare({"greedy": history}),
+             "plot_scaling": lambda: viz.plot_scaling(rows, 0.5),
+             "plot_similarity": lambda: viz.plot_similarity({"step": [0, 1], "cosine": [[1.0], [0.5]]}),
+             "plot_timeline": lambda: viz.plot_timeline(timeline),
+             "plot_timelines": lambda: viz.plot_timelines({"a": timeline}),
+             "plot_utilization": lambda: viz.plot_utilization({"a": timeline})}
+    for name, call in calls.items():
+        fig, ax = call()
+        assert isinstance(fig, matplotlib.figure.Figure), name
+        axes = np.ravel(ax)
+        assert len(axes) and all(a.figure is fig for a in axes), name
+
+
+def test_methods_keep_their_colour_in_every_figure():
+    from minilocal.viz.style import method_color
+
+    named = ["backprop", "greedy", "overlapping", "chunked(2)", "gpipe", "1f1b"]
+    assert len({method_color(m) for m in named}) == len(named)
+    assert method_color("chunked(3)") == method_color("chunked(2)")
+    other = method_color("my method")
+    assert other not in {method_color(m) for m in named} and method_color("my method") == other
+    fig, ax = plot_compare({"overlapping": {"step": [1], "test_acc": [[0.5]]},
+                            "greedy": {"step": [1], "test_acc": [[0.4]]}})
+    assert [matplotlib.colors.to_hex(line.get_color()) for line in ax.lines] == \
+        [method_color("overlapping"), method_color("greedy")]

@@ -10,7 +10,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from exercise_runs import run_cell
-from minilocal import release as rel
+from minilocal.teaching import release as rel
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS, COURSE = ROOT / "solutions", ROOT / "course"
@@ -193,7 +193,7 @@ def test_course_assets_equal_the_solutions_assets():
                 and not rel.SKIP_DIRS & set(path.parts):
             target = COURSE / path.relative_to(SOLUTIONS)
             assert target.is_file() and target.read_bytes() == path.read_bytes(), \
-                f"{target} differs from {path}; run `python -m minilocal.release --no-execute`"
+                f"{target} differs from {path}; run `python -m minilocal.teaching.release --no-execute`"
 
 
 @by_name
@@ -201,7 +201,7 @@ def test_course_is_in_sync_with_solutions(rel_path):
     solved = nbformat.read(SOLUTIONS / rel_path, as_version=4)
     expected = rel.make_course(solved, rel_path.name)
     course = nbformat.read(COURSE / rel_path, as_version=4)
-    hint = f"course/{rel_path} is stale: run `python -m minilocal.release {rel_path.stem}`"
+    hint = f"course/{rel_path} is stale: run `python -m minilocal.teaching.release {rel_path.stem}`"
     assert course.metadata.get("kernelspec") == expected.metadata.get("kernelspec"), hint
     assert len(course.cells) == len(expected.cells), hint
     for i, (got, want) in enumerate(zip(course.cells, expected.cells)):
@@ -219,7 +219,7 @@ def test_notebooks_are_stored_executed_without_errors(folder, rel_path):
         if cell.cell_type != "code" or "skip-execution" in cell.metadata.get("tags", []):
             continue
         assert cell.execution_count is not None, \
-            f"{folder}/{rel_path} cell {i} was never run: release it with `python -m minilocal.release`"
+            f"{folder}/{rel_path} cell {i} was never run: release it with `python -m minilocal.teaching.release`"
         if "raises-exception" not in cell.metadata.get("tags", []):
             errors = [o for o in cell.outputs if o.output_type == "error"]
             assert not errors, f"{folder}/{rel_path} cell {i} stored an error: {errors[0].get('ename')}"

@@ -88,17 +88,9 @@ def similarity_over_training(net, x, y, probe, steps, every, batch, seed=0):
     return history
 
 
-def plot_similarity(history, title=None):
-    """Cosine to the backprop gradient vs training step, one line per block; returns the fig."""
-    import matplotlib.pyplot as plt
+def __getattr__(name):  # the plot lives in minilocal.viz.similarity; the old name still works
+    if name == "plot_similarity":
+        from ..viz.similarity import plot_similarity
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    per_block = list(zip(*history["cosine"]))
-    for b, values in enumerate(per_block):
-        ax.plot(history["step"], values, "o-", ms=3, label=f"block {b}")
-    ax.axhline(0, color="gray", lw=0.8)
-    ax.set(xlabel="training step", ylabel="cos(local grad, backprop grad)", ylim=(-1.05, 1.05),
-           title=title or "gradient similarity to backprop")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+        return plot_similarity
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -130,8 +130,8 @@ def run(c: dict[str, Any], return_net: bool = False,
     def batches():
         for t in range(n_steps):
             scale = min(1.0, (t + 1) / c["warmup"]) if c["warmup"] else 1.0
-            for stage in net.stages:
-                for group in stage.optimizer.param_groups:
+            for opt in net.optimizers:  # the stages' own, or the one fused step (fast=True)
+                for group in opt.param_groups:
                     group["lr"] = c["lr"] * scale
             idx = next(sampler)
             yield x[idx], y[idx]

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from ..guards import check_labels, check_modules
-from ..local import LocalNet, Stage, _forward_blocks, _head, cross_entropy
+from ..local import LocalNet, Stage, forward_blocks, head_logits, cross_entropy
 from .launch import PeerError, PeerTimeout, gloo_words
 
 BUCKET_BYTES = 4 << 20  # gradients are averaged in flat buckets of at most this many bytes
@@ -131,9 +131,9 @@ def dry_run(stage, x, y):
         m.eval()  # no BatchNorm statistics change, no dropout draw
     try:
         with torch.no_grad():
-            h = _forward_blocks(stage, x.to(stage.device))
+            h = forward_blocks(stage, x.to(stage.device))
             if stage.loss_fn is cross_entropy:
-                check_labels(stage, _head(stage, h), y.to(stage.device))
+                check_labels(stage, head_logits(stage, h), y.to(stage.device))
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)

@@ -9,13 +9,14 @@ with ``plt.show()``.
 """
 from collections import namedtuple
 
+from ..viz.style import KIND_COLORS
+
 Event = namedtuple("Event", "stage kind t_start t_end step")
 
 COMPUTE = ("forward", "backward", "update")
 COMM = ("send", "recv", "reduce")
 KINDS = COMPUTE + COMM + ("idle",)
-COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "update": "#55A868",
-          "send": "#8172B3", "recv": "#B07AA1", "reduce": "#C44E52", "idle": "#DDDDDD"}
+COLORS = KIND_COLORS  # the course's colours (minilocal.viz.style)
 GAP = 0.004  # of the makespan: the white gap that keeps consecutive bars (micro-batches) apart
 
 
