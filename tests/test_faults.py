@@ -24,7 +24,7 @@ import torch
 from minilocal import Plan, models
 from minilocal.runtime import Job, ModelSpec, RandomBatches, WorkerError, run_distributed, sgd
 from minilocal.runtime import run_sequential
-from minilocal.runtime import start
+from minilocal import start_method as start
 from minilocal.runtime.launch import PeerError, beat, launch
 from test_distributed import spawned_children, start_method  # noqa: F401  (a fixture)
 

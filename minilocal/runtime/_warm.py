@@ -1,4 +1,4 @@
-"""Imported once by the forkserver (``start.py``), so that every worker forked from it starts warm.
+"""Imported once by the forkserver (``minilocal/start_method.py``), so that every worker forked from it starts warm.
 
 Only imports and one optimizer built on a 1-element tensor: nothing that starts a thread pool,
 which a fork would copy in a broken state.

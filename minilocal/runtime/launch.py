@@ -6,7 +6,7 @@ free port in the environment. Each worker returns plain data (lists, numpy array
 pickles it itself, so a result that cannot be pickled is reported as such, and the bytes come back
 through a queue.
 
-Start method (``start.py``): ``forkserver``, the default on Linux, forks every worker from one warm
+Start method (``minilocal/start_method.py``): ``forkserver``, the default on Linux, forks every worker from one warm
 server that has torch, ``torch._dynamo`` and ``minilocal.runtime`` imported already (started at
 the first launch, reused by the next ones, gone with the launching process); ``spawn``, the
 default elsewhere, starts fresh interpreters that import everything themselves. Choose with
@@ -39,7 +39,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from . import start
+from .. import start_method as start
 
 POLL_S = 0.05      # how often the launcher looks at its workers
 SETTLE_S = 0.5     # after a failure, time to collect the other workers' reports

@@ -1,5 +1,8 @@
 """How worker processes start: a warm forkserver (torch already imported) or fresh interpreters.
 
+(Outside ``runtime/``, and free of torch, so that the command line can start the server before it
+imports torch itself: ``warm_up``.)
+
 ``forkserver`` (the default on Linux): the first launch starts one server process that imports
 torch, ``torch._dynamo`` (which the first ``torch.optim`` constructor would otherwise import, about
 a second per process) and ``minilocal.runtime`` (``_warm.py``); every worker after that is a fork
@@ -15,6 +18,7 @@ SIGKILL when the server dies (PR_SET_PDEATHSIG), and each also watches the launc
 (a pidfd where Linux has one, else polling) and exits when it is gone.
 """
 import atexit
+import contextlib
 import multiprocessing
 import os
 import select
@@ -22,8 +26,6 @@ import signal
 import sys
 import threading
 import time
-
-import torch.multiprocessing as mp
 
 METHODS = ("forkserver", "spawn")
 PRELOAD = ["minilocal.runtime._warm"]
@@ -50,13 +52,22 @@ def start_method(requested=None):
 
 def context(method):
     """A multiprocessing context for ``method``; for forkserver, with the warm server running."""
-    ctx = mp.get_context(method)
+    import torch.multiprocessing as mp  # its pickling of tensors, for the workers' arguments
+
+    warm_up(method)
+    return mp.get_context(method)
+
+
+def warm_up(method=None):
+    """Start the forkserver now, if ``method`` (see ``start_method``) is forkserver, so that its
+    imports overlap whatever this process does next; later launches reuse it. Returns the method."""
+    method = start_method(method)
     if method == "forkserver":
         from multiprocessing import forkserver
 
-        ctx.set_forkserver_preload(PRELOAD)  # read only when the server starts: a no-op after
+        multiprocessing.set_forkserver_preload(PRELOAD)  # read when the server starts, not after
         forkserver.ensure_running()
-    return ctx
+    return method
 
 
 def server_pid():
@@ -72,7 +83,8 @@ def _stop_server():
 
     stop = getattr(forkserver._forkserver, "_stop", None)
     if stop is not None and server_pid() is not None:
-        stop()
+        with contextlib.suppress(FileNotFoundError):  # its socket's folder may be gone already
+            stop()
 
 
 atexit.register(_stop_server)
