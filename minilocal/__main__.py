@@ -4,7 +4,7 @@ One process per stage, started by the command itself (``--runner distributed``, 
 
     python -m minilocal train --plan greedy --blocks 4 --steps 500
 
-or by torchrun, which sets the rendezvous (the command then joins it instead of spawning)::
+or by torchrun, which sets the rendezvous (the command then joins it instead of starting processes)::
 
     torchrun --standalone --nproc-per-node=4 -m minilocal train --plan greedy --blocks 4
 
@@ -29,7 +29,7 @@ import sys
 import threading
 
 EPILOG = """launchers:
-  python -m minilocal train ...                 spawns one process per stage itself
+  python -m minilocal train ...                 starts one process per stage itself
   torchrun --standalone --nproc-per-node=K -m minilocal train ...
   torchrun --standalone --nproc-per-node=K*D -m minilocal train --replicas D ...
   torchrun --nnodes=N --nproc-per-node=P --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT \\

@@ -1,6 +1,7 @@
 """One process per stage on gloo: equal to the sequential runner (bitwise), the pipelining
 baseline equal to backprop, and faults (a killed worker, a missing message, an interrupt)
-that end in a clear error with no process left. Each test starts one process group."""
+that end in a clear error with no process left (a killed worker and an interrupt under both start
+methods). Each test starts one process group."""
 import functools
 import os
 import signal

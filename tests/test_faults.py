@@ -1,7 +1,9 @@
 """Faults in the runtime end in a clear error, soon, with no process left behind.
 
 Launcher faults use tiny workers (no process group): a raise, kill -9, an exit 0 without a report,
-a result that cannot be pickled, a hung worker, a slow one. Two runs on gloo check the real
+a result that cannot be pickled, a hung worker, a slow one, each under both start methods
+(forkserver and spawn), and a launcher killed with SIGKILL, which must take its workers (and the
+forkserver) with it. Two runs on gloo check the real
 thing: a bad batch fails on stage 0 with the sequential runner's message before any message is
 sent, and a hung stage is named as the likely cause. The two-node torchrun test (a killed agent)
 takes ~15 s and four interpreters: it runs only with MINILOCAL_TORCHRUN_TESTS=1.
