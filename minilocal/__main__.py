@@ -4,7 +4,8 @@ One process per stage, started by the command itself (``--runner distributed``, 
 
     python -m minilocal train --plan greedy --blocks 4 --steps 500
 
-or by torchrun, which sets the rendezvous (the command then joins it instead of starting processes)::
+or by torchrun, which sets the rendezvous (the command then joins it instead of starting
+processes)::
 
     torchrun --standalone --nproc-per-node=4 -m minilocal train --plan greedy --blocks 4
 

@@ -6,8 +6,8 @@ free port in the environment. Each worker returns plain data (lists, numpy array
 pickles it itself, so a result that cannot be pickled is reported as such, and the bytes come back
 through a queue.
 
-Start method (``minilocal/start_method.py``): ``forkserver``, the default on Linux, forks every worker from one warm
-server that has torch, ``torch._dynamo`` and ``minilocal.runtime`` imported already (started at
+Start method (``minilocal/start_method.py``): ``forkserver``, the default on Linux, forks every
+worker from one warm server that has torch, ``torch._dynamo`` and ``minilocal.runtime`` imported already (started at
 the first launch, reused by the next ones, gone with the launching process); ``spawn``, the
 default elsewhere, starts fresh interpreters that import everything themselves. Choose with
 ``MINILOCAL_START_METHOD=forkserver|spawn`` or ``launch(..., start_method=...)``. A worker gets the
