@@ -4,7 +4,8 @@ One process per stage, started by the command itself (``--runner distributed``, 
 
     python -m minilocal train --plan greedy --blocks 4 --steps 500
 
-or by torchrun, which sets the rendezvous (the command then joins it instead of spawning)::
+or by torchrun, which sets the rendezvous (the command then joins it instead of starting
+processes)::
 
     torchrun --standalone --nproc-per-node=4 -m minilocal train --plan greedy --blocks 4
 
@@ -19,14 +20,17 @@ one line saying what to change. Timelines from different machines share no clock
 within a machine only.
 """
 import argparse
+import atexit
 import functools
+import importlib
 import json
 import math
 import os
 import sys
+import threading
 
 EPILOG = """launchers:
-  python -m minilocal train ...                 spawns one process per stage itself
+  python -m minilocal train ...                 starts one process per stage itself
   torchrun --standalone --nproc-per-node=K -m minilocal train ...
   torchrun --standalone --nproc-per-node=K*D -m minilocal train --replicas D ...
   torchrun --nnodes=N --nproc-per-node=P --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT \\
@@ -297,9 +301,16 @@ def train(args, job):
         if parts is not None:
             _report(args, job, merge([p[0] for p in parts], job, args.replicas))
         return None
-    return _report(args, job, run_distributed(job, args.backend, args.window, args.timeout,
-                                              device=args.device, progress=True,
-                                              replicas=args.replicas))
+    # The report builds the net, whose optimizers import torch._dynamo (~1 s): import it while
+    # this process only waits for the workers, and finish before the report (no import races)
+    dynamo = threading.Thread(target=importlib.import_module, args=("torch._dynamo",), daemon=True)
+    dynamo.start()
+    try:
+        result = run_distributed(job, args.backend, args.window, args.timeout,
+                                 device=args.device, progress=True, replicas=args.replicas)
+    finally:
+        dynamo.join()
+    return _report(args, job, result)
 
 
 def main(argv=None):
@@ -313,6 +324,13 @@ def main(argv=None):
     problem = args.out and _check_out(args.out)
     if problem:
         parser.error(problem)
+    if args.runner == "distributed" and not torchrun:
+        from .start_method import warm_up
+
+        try:  # the forkserver imports torch while this process does the same and makes the data
+            warm_up()
+        except ValueError as e:  # a bad MINILOCAL_START_METHOD
+            parser.error(str(e))
     try:
         job = _job(args, overlap)
         problem = _check_world(args, job, torchrun)
@@ -331,5 +349,16 @@ def main(argv=None):
         sys.exit(130)
 
 
+def _exit_now():
+    """Flush, run the exit handlers (the forkserver stops there), then skip the interpreter's
+    teardown of torch's modules, which takes about a second and does nothing a finished run
+    needs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     main()
+    _exit_now()

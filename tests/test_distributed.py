@@ -1,6 +1,7 @@
 """One process per stage on gloo: equal to the sequential runner (bitwise), the pipelining
 baseline equal to backprop, and faults (a killed worker, a missing message, an interrupt)
-that end in a clear error with no process left. Each test starts one process group."""
+that end in a clear error with no process left (a killed worker and an interrupt under both start
+methods). Each test starts one process group."""
 import functools
 import os
 import signal
@@ -16,6 +17,7 @@ from minilocal import Plan, models
 from minilocal.local import cross_entropy
 from minilocal.runtime import (Job, ModelSpec, RandomBatches, WorkerError, pipeline_model,
                                run_distributed, run_pipeline, run_sequential, sgd, simulate)
+from minilocal.runtime.launch import launcher_pid
 from minilocal.runtime.timeline import KINDS
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(120)]
@@ -34,17 +36,33 @@ def assert_same_run(got, want):
         assert torch.equal(torch.from_numpy(got.params[k]), torch.from_numpy(want.params[k])), k
 
 
-def spawned_children():
-    """Pids of this process's children started by multiprocessing's spawn (workers, not helpers)."""
-    me, out = str(os.getpid()), set()
+def live_processes():
+    """(pid, parent pid, command line) of every live (not zombie) process."""
     for d in Path("/proc").iterdir():
         try:
-            ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            if ppid == me and b"spawn_main" in (d / "cmdline").read_bytes():
-                out.add(int(d.name))
-        except (OSError, IndexError):
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                yield int(d.name), int(fields[1]), (d / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
             continue
-    return out
+
+
+def spawned_children():
+    """Pids of the workers this process launched and that still live (not helpers): its children
+    started by multiprocessing's spawn, and the children of its forkserver (under the forkserver
+    start method a worker is the server's child, not ours; the server itself stays warm)."""
+    me, procs = os.getpid(), list(live_processes())
+    servers = {pid for pid, ppid, cmd in procs
+               if ppid == me and b"multiprocessing.forkserver import main" in cmd}
+    return {pid for pid, ppid, cmd in procs
+            if (ppid == me and b"spawn_main" in cmd) or ppid in servers}
+
+
+@pytest.fixture(params=["forkserver", "spawn"])
+def start_method(request, monkeypatch):
+    """Run the test under each start method (launch reads MINILOCAL_START_METHOD)."""
+    monkeypatch.setenv("MINILOCAL_START_METHOD", request.param)
+    return request.param
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,8 +80,8 @@ class FaultyBatches(RandomBatches):
                 Path(self.stamp).write_text(repr(time.time()))
             if self.action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            if self.action == "interrupt":
-                os.kill(os.getppid(), signal.SIGINT)
+            if self.action == "interrupt":  # the launcher (under forkserver not our parent)
+                os.kill(launcher_pid(), signal.SIGINT)
             if self.action == "raise":
                 raise ValueError(self.message)
             time.sleep(60)
@@ -104,7 +122,7 @@ def test_gpipe_and_1f1b_gradients_equal_backprop():
                                runs["1f1b"].history["train_loss"], rtol=1e-6)
 
 
-def test_killed_worker_raises_within_10_s_and_leaves_no_process(tmp_path):
+def test_killed_worker_raises_within_10_s_and_leaves_no_process(tmp_path, start_method):
     stamp = tmp_path / "killed_at"
     job = make_job(Plan.greedy(2), n_steps=50, batches=FaultyBatches(8, stamp=str(stamp)))
     with pytest.raises(WorkerError, match=r"stage 0 \(pid \d+\) was killed by SIGKILL") as err:
@@ -124,7 +142,7 @@ def test_missing_message_times_out_naming_the_stage():
     assert not set(err.value.pids) & spawned_children()
 
 
-def test_keyboard_interrupt_stops_every_worker():
+def test_keyboard_interrupt_stops_every_worker(start_method):
     job = make_job(Plan.greedy(2), n_steps=50, batches=FaultyBatches(8, action="interrupt"))
     # Python ignores SIGINT when it starts as a background job of a non-interactive shell (as in
     # `(make test &)`): give this test the handler of an interactive session, then restore it

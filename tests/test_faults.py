@@ -1,7 +1,9 @@
 """Faults in the runtime end in a clear error, soon, with no process left behind.
 
 Launcher faults use tiny workers (no process group): a raise, kill -9, an exit 0 without a report,
-a result that cannot be pickled, a hung worker, a slow one. Two runs on gloo check the real
+a result that cannot be pickled, a hung worker, a slow one, each under both start methods
+(forkserver and spawn), and a launcher killed with SIGKILL, which must take its workers (and the
+forkserver) with it. Two runs on gloo check the real
 thing: a bad batch fails on stage 0 with the sequential runner's message before any message is
 sent, and a hung stage is named as the likely cause. The two-node torchrun test (a killed agent)
 takes ~15 s and four interpreters: it runs only with MINILOCAL_TORCHRUN_TESTS=1.
@@ -24,7 +26,9 @@ import torch
 from minilocal import Plan, models
 from minilocal.runtime import Job, ModelSpec, RandomBatches, WorkerError, run_distributed, sgd
 from minilocal.runtime import run_sequential
+from minilocal import start_method as start
 from minilocal.runtime.launch import PeerError, beat, launch
+from test_distributed import spawned_children, start_method  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(120)]
 torch.set_num_threads(1)
@@ -42,13 +46,6 @@ def children_of(pid):
         except (OSError, IndexError):
             continue
     return out
-
-
-def spawned_children():
-    me = os.getpid()
-    return {p for p in children_of(me)
-            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()} if Path("/proc").exists() \
-        else set()
 
 
 def misbehave(rank, world, action, stamp):
@@ -91,7 +88,8 @@ def misbehave(rank, world, action, stamp):
                     r"not be pickled to send it back \(TypeError: cannot pickle '_thread.lock'"),
     ("hang", r"^distributed run failed: stage 1 \(pid \d+\) made no progress for 1 s: it is stuck"),
 ], ids=lambda v: v if v.isalnum() else "")
-def test_a_failing_worker_fails_the_launch_soon_and_leaves_no_process(tmp_path, action, match):
+def test_a_failing_worker_fails_the_launch_soon_and_leaves_no_process(tmp_path, action, match,
+                                                                     start_method):
     stamp = tmp_path / "fault_at"
     with pytest.raises(WorkerError, match=match) as err:
         launch(misbehave, (action, str(stamp)), 2)
@@ -100,9 +98,77 @@ def test_a_failing_worker_fails_the_launch_soon_and_leaves_no_process(tmp_path, 
     assert len(err.value.pids) == 2 and not set(err.value.pids) & spawned_children()
 
 
-def test_a_slow_worker_that_keeps_its_deadlines_finishes(tmp_path):
+def test_a_slow_worker_that_keeps_its_deadlines_finishes(tmp_path, start_method):
     assert launch(misbehave, ("slow", str(tmp_path / "stamp")), 2) == ["done", "slow but done"]
     assert not spawned_children()
+
+
+def where_am_i(rank, world, folder=None):
+    """A worker's view: its parent, environment and directory; with ``folder``, it writes its pid
+    and its parent's there and sleeps (to be killed with its launcher)."""
+    if folder is not None:
+        Path(folder, f"rank{rank}.tmp").write_text(f"{os.getpid()} {os.getppid()}")
+        Path(folder, f"rank{rank}.tmp").rename(Path(folder, f"rank{rank}"))
+        time.sleep(60)
+    return {"parent": os.getppid(), "var": os.environ.get("MINILOCAL_TEST_VAR"), "cwd": os.getcwd()}
+
+
+def test_the_forkserver_stays_warm_and_workers_see_the_launch_time_environment(tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.setenv("MINILOCAL_START_METHOD", "forkserver")
+    first = launch(where_am_i, (), 2)
+    monkeypatch.setenv("MINILOCAL_TEST_VAR", "set after the server started")
+    monkeypatch.chdir(tmp_path)
+    second = launch(where_am_i, (), 2)
+    server = start.server_pid()
+    assert server is not None and {w["parent"] for w in first + second} == {server}  # one server
+    assert [w["var"] for w in first] == [None, None]
+    assert [(w["var"], w["cwd"]) for w in second] == [("set after the server started",
+                                                        str(tmp_path))] * 2
+    assert not spawned_children()
+
+
+def test_a_bad_start_method_is_refused_naming_the_choices(monkeypatch):
+    with pytest.raises(ValueError,
+                       match=r"start_method must be 'forkserver' or 'spawn', got 'fork'"):
+        launch(where_am_i, (), 2, start_method="fork")
+    monkeypatch.setenv("MINILOCAL_START_METHOD", "thread")
+    with pytest.raises(ValueError, match=r"MINILOCAL_START_METHOD must be 'forkserver' or 'spawn', "
+                                         r"got 'thread'"):
+        launch(where_am_i, (), 2)
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="reads /proc to find the processes")
+def test_a_killed_launcher_leaves_no_worker_and_no_server(tmp_path, start_method):
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"from test_faults import where_am_i; from minilocal.runtime.launch import launch; "
+            f"launch(where_am_i, ({str(tmp_path)!r},), 2)")
+    launcher = subprocess.Popen([sys.executable, "-c", code],
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    left = []
+    try:
+        ready = _wait(lambda: all((tmp_path / f"rank{r}").exists() for r in range(2)), 60)
+        assert ready is not None, "the workers did not start within 60 s"
+        workers, parents = zip(*(map(int, (tmp_path / f"rank{r}").read_text().split())
+                                 for r in range(2)))
+        if start_method == "forkserver":  # one server, the launcher's child, started them
+            assert len(set(parents)) == 1 and parents[0] != launcher.pid
+            assert Path(f"/proc/{parents[0]}/stat").read_text().rsplit(")", 1)[1].split()[1] \
+                == str(launcher.pid)
+        else:
+            assert set(parents) == {launcher.pid}
+        left = [*workers, *(set(parents) - {launcher.pid})]
+        assert all(map(_alive, left))
+        launcher.kill()
+        launcher.wait()
+        gone = _wait(lambda: not any(map(_alive, left)), 5)
+        assert gone is not None, f"still alive 5 s after the launcher was killed: " \
+                                 f"{[p for p in left if _alive(p)]}"
+    finally:  # the processes of a failed check must not outlive it
+        for pid in [launcher.pid, *left]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        launcher.wait()
 
 
 def make_job(plan, n_steps=6, **model):

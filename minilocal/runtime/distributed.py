@@ -35,7 +35,9 @@ node has at least as many GPUs as processes; with fewer GPUs, gloo with host sta
 computes on its GPU, tensors go through CPU memory for each message: NCCL refuses two ranks on
 one GPU). Timelines use each process's clock from a common start barrier.
 
-Launch: ``run_distributed(job)`` from Python or a notebook (``launch.py`` spawns the workers), or
+Launch: ``run_distributed(job)`` from Python or a notebook (``launch.py`` starts the workers: forks
+of a warm forkserver on Linux, which later calls reuse; ``MINILOCAL_START_METHOD=spawn`` for fresh
+interpreters), or
 ``torchrun --nproc-per-node=K -m minilocal train ...`` (see ``python -m minilocal train --help``).
 Under torchrun each worker exits when its agent dies (``watch_parent``), so a killed node leaves
 no orphans and its peers fail within ``timeout`` (measured on loopback, two nodes: the killed

@@ -1,10 +1,18 @@
 """Start one process per stage and bring back plain data, or a clear error, and never orphans.
 
-``launch(fn, args, nprocs)`` spawns ``fn(rank, nprocs, *args)`` in fresh interpreters (the
-``spawn`` start method, so it works from a notebook: ``fn`` lives in the package), with the
-rendezvous on 127.0.0.1 and a free port in the environment. Each worker returns plain data
-(lists, numpy arrays); the worker pickles it itself, so a result that cannot be pickled is
-reported as such, and the bytes come back through a queue.
+``launch(fn, args, nprocs)`` starts ``fn(rank, nprocs, *args)`` in ``nprocs`` worker processes
+(``fn`` lives in the package, so it works from a notebook), with the rendezvous on 127.0.0.1 and a
+free port in the environment. Each worker returns plain data (lists, numpy arrays); the worker
+pickles it itself, so a result that cannot be pickled is reported as such, and the bytes come back
+through a queue.
+
+Start method (``minilocal/start_method.py``): ``forkserver``, the default on Linux, forks every
+worker from one warm server that has torch, ``torch._dynamo`` and ``minilocal.runtime`` imported already (started at
+the first launch, reused by the next ones, gone with the launching process); ``spawn``, the
+default elsewhere, starts fresh interpreters that import everything themselves. Choose with
+``MINILOCAL_START_METHOD=forkserver|spawn`` or ``launch(..., start_method=...)``. A worker gets the
+launcher's environment, working directory, sys.path and stdout/stderr as they are at the launch,
+under either method.
 
 Every way a worker can end is an outcome: it reports a result, it raises, it dies (a signal, or
 any exit, code 0 included, without a report), or it misses its deadline. A worker that calls
@@ -13,8 +21,10 @@ hung. On any failure the launcher stops the others (SIGTERM, then SIGKILL) and r
 WorkerError: the first cause first (a stage that raised or died on its own), then the peers'
 errors that followed from it (a lost connection, a timed-out message: ``PeerError``). On
 KeyboardInterrupt it does the same and re-raises. Workers ignore SIGINT (the launcher decides)
-and die with their parent on Linux (PR_SET_PDEATHSIG), so even a killed launcher leaves none;
-under torchrun ``watch_parent`` does the same for the agent.
+and die with the launcher, even a killed one: they watch its pid (``launcher_pid()``; a pidfd on
+Linux), get SIGKILL when their parent dies (PR_SET_PDEATHSIG; under forkserver the parent is the
+server, which exits with the launcher), so none is left. Under torchrun ``watch_parent`` does the
+same for the agent.
 """
 import atexit
 import os
@@ -29,7 +39,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-import torch.multiprocessing as mp
+from .. import start_method as start
 
 POLL_S = 0.05      # how often the launcher looks at its workers
 SETTLE_S = 0.5     # after a failure, time to collect the other workers' reports
@@ -39,6 +49,7 @@ PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken p
               "Socket closed", "Connection refused")
 
 _life = None  # in a launched worker: (shared array, rank, nprocs); see launch()
+_launcher = None  # in a launched worker: the launcher's pid
 
 
 class WorkerError(RuntimeError):
@@ -86,13 +97,10 @@ def beat(within_s, steps=0):
     life[2 * nprocs + rank] += steps
 
 
-def _die_with_parent(parent):
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+def launcher_pid():
+    """In a launched worker: the pid of the process that called ``launch`` (under forkserver it
+    is not the parent: the server is). Elsewhere: None."""
+    return _launcher
 
 
 def watch_parent(what="parent", every_s=0.2):
@@ -116,11 +124,19 @@ def _is_consequence(e):
     return isinstance(e, PeerError) or any(sign in str(e) for sign in PEER_SIGNS)
 
 
-def _entry(rank, nprocs, port, parent, fn, args, results, life, name):
-    global _life
-    _die_with_parent(parent)
+def _entry(rank, nprocs, port, parent, fn, args, results, life, name, server, env,
+           stdio):
+    global _life, _launcher
+    if server is not None:  # forkserver: the parent is the server, which exits with the launcher
+        start.release_server_pipe()
+    start.die_with_parent(server or parent)
+    start.exit_when_gone(parent, "launcher")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _life = (life, rank, nprocs)
+    _life, _launcher = (life, rank, nprocs), parent
+    os.environ.clear()  # the launcher's, as at this launch (a forkserver's is from its start)
+    os.environ.update(env)
+    if stdio is not None:
+        start.adopt(stdio)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs))
     try:
@@ -248,22 +264,28 @@ def _missed_deadlines(procs, life, reports, names):
     return late
 
 
-def launch(fn, args, nprocs, timeout=None, startup_s=None, progress=None, names=None):
+def launch(fn, args, nprocs, timeout=None, startup_s=None, progress=None, names=None,
+           start_method=None):
     """Run ``fn(rank, nprocs, *args)`` in ``nprocs`` processes; returns their results by rank.
 
     timeout: seconds for the whole run (None: no limit). startup_s: seconds a worker may take to
     its first ``beat`` (None: workers need not beat). progress: called with the list of steps
     each worker has counted, while the run goes on. names: how errors call each rank (default
-    "stage r").
+    "stage r"). start_method: "forkserver" or "spawn" (None: $MINILOCAL_START_METHOD, else
+    forkserver on Linux, spawn elsewhere; see the module docstring).
     """
     names = names or [f"stage {r}" for r in range(nprocs)]
-    ctx = mp.get_context("spawn")
+    method = start.start_method(start_method)
+    ctx = start.context(method)
+    server = start.server_pid() if method == "forkserver" else None
     results = ctx.Queue()
     # per rank: next deadline (0: none), the seconds it allowed, steps done; written by beat()
     life = ctx.Array("d", 3 * nprocs, lock=False)
     port = free_port()
+    stdio = start.Stdio() if server is not None else None  # spawn: inherited anyway
     procs = [ctx.Process(target=_entry, daemon=True,
-                         args=(r, nprocs, port, os.getpid(), fn, args, results, life, names[r]))
+                         args=(r, nprocs, port, os.getpid(), fn, args, results, life, names[r],
+                               server, dict(os.environ), stdio))
              for r in range(nprocs)]
     pids, finished = [], False
     reports = _Reports(results)
