@@ -35,6 +35,16 @@ MODULES = [
     "minilocal.numpy_core.optim",
     "minilocal.numpy_core.stage",
     "minilocal.runtime.simulator",
+    "minilocal.compute.pareto",
+    "minilocal.compute.similarity",
+    "minilocal.compute.sweep",
+    "minilocal.local",
+    "minilocal.stage",
+    "minilocal.train",
+    "minilocal.batches",
+    "minilocal.checkpoint",
+    "minilocal.validate",
+    "minilocal.numpy_core.train",
 ]
 
 
