@@ -35,6 +35,12 @@ MODULES = [
     "minilocal.numpy_core.optim",
     "minilocal.numpy_core.stage",
     "minilocal.runtime.simulator",
+    "minilocal.viz.plots",
+    "minilocal.viz.pareto",
+    "minilocal.viz.similarity",
+    "minilocal.viz.style",
+    "minilocal.viz.widgets",
+    "minilocal.viz.dashboard",
     "minilocal.compute.pareto",
     "minilocal.compute.similarity",
     "minilocal.compute.sweep",
@@ -45,6 +51,9 @@ MODULES = [
     "minilocal.checkpoint",
     "minilocal.validate",
     "minilocal.numpy_core.train",
+    "minilocal.teaching.checks",
+    "minilocal.teaching.release",
+    "minilocal.teaching.grade",
 ]
 
 
