@@ -13,6 +13,8 @@ run with a given seed sees exactly the batches it always saw:
   batch t follows from (seed, t) alone: ``at(t)`` computes it without drawing the batches before
   it. Used by ``runtime.ArrayBatches``, where every process regenerates batch t itself.
 """
+from __future__ import annotations
+
 import numpy as np
 import torch
 
@@ -30,7 +32,7 @@ class BatchOrder:
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, mode: str = "torch",
-                 where: str = "BatchOrder"):
+                 where: str = "BatchOrder") -> None:
         check_choice(where, "mode", mode, MODES)
         check_int(where, "the number of examples", n, 1)
         check_int(where, "batch_size", batch_size, 1)
@@ -42,17 +44,17 @@ class BatchOrder:
                           np.random.default_rng(seed) if mode == "numpy" else None)
         self.epoch, self.order, self.pos = 0, self._shuffle(0), 0
 
-    def _shuffle(self, epoch):
+    def _shuffle(self, epoch: int) -> torch.Tensor | np.ndarray:
         if self.mode == "torch":
             return torch.randperm(self.n, generator=self.generator)
         if self.mode == "numpy":
             return self.generator.permutation(self.n)
         return np.random.default_rng((self.seed, epoch)).permutation(self.n)
 
-    def __iter__(self):
+    def __iter__(self) -> BatchOrder:
         return self
 
-    def __next__(self):
+    def __next__(self) -> torch.Tensor | np.ndarray:
         if self.pos + self.batch_size > self.n:  # a new epoch only when a batch is asked for
             self.epoch, self.pos = self.epoch + 1, 0
             self.order = self._shuffle(self.epoch)
@@ -60,7 +62,7 @@ class BatchOrder:
         self.pos += self.batch_size
         return idx
 
-    def at(self, t: int):
+    def at(self, t: int) -> np.ndarray:
         """Batch t (counting from 0) directly; ``"numpy-per-epoch"`` mode only."""
         if self.mode != "numpy-per-epoch":
             raise ValueError(f"BatchOrder.at: mode {self.mode!r} draws its epochs one after the "

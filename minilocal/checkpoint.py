@@ -9,17 +9,26 @@ intact, and of this very run, and only then unpickles the state (``weights_only=
 damaged file, a plain state_dict or another run's checkpoint is refused, saying what differs,
 before any weight is touched.
 """
+from __future__ import annotations
+
 import hashlib
 import io
 import json
+import os
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .data import atomic_write
 from .guards import dtype_name
+
+if TYPE_CHECKING:  # train.py imports this module and both of these
+    from .batches import BatchOrder
+    from .local import LocalNet
 
 FORMAT, VERSION = "minilocal.fit checkpoint", 2
 FIX = "delete it or use a new checkpoint path"
@@ -29,7 +38,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: damaged, of another format, or of another run."""
 
 
-def data_hash(tensors):
+def data_hash(tensors: Iterable[torch.Tensor]) -> str:
     """sha256 (hex) of tensors' dtypes, shapes and bytes: which data set a run trained on."""
     h = hashlib.sha256()
     for t in tensors:
@@ -44,7 +53,7 @@ def _optimizer(opt):
     return f"{type(opt).__name__}({settings})"
 
 
-def recipe_of(net, batch_size, seed, digest):
+def recipe_of(net: LocalNet, batch_size: int, seed: int, digest: str | None) -> dict[str, Any]:
     """What must match for a run to resume another: plan, model, optimizers, batches, data."""
     return {"plan": {"stages": [list(s) for s in net.plan.stages], "overlap": net.plan.overlap},
             "model": ", ".join(type(m).__name__ for m in [*net.blocks, *net.heads]),
@@ -59,7 +68,8 @@ def _digest(step, recipe, payload):
     return hashlib.sha256(head + payload).hexdigest()
 
 
-def write_checkpoint(path, recipe, state):
+def write_checkpoint(path: str | os.PathLike[str], recipe: dict[str, Any],
+                     state: dict[str, Any]) -> None:
     """Save ``state`` (a dict with "step") for ``recipe`` atomically (``data.atomic_write``)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -109,7 +119,7 @@ def _check_recipe(path, theirs, ours):
                           f"{key}={b}; resume with the same settings or use a new path")
 
 
-def read_checkpoint(path, recipe):
+def read_checkpoint(path: str | os.PathLike[str], recipe: dict[str, Any]) -> dict[str, Any]:
     """The training state of the checkpoint at ``path``, verified against this run's
     ``recipe``; raises CheckpointError saying what is wrong before anything is loaded."""
     path = Path(path)
@@ -149,8 +159,8 @@ def read_checkpoint(path, recipe):
 class FitState:
     """Where a ``fit`` run is: the last finished step, the history, the step losses since the last
     evaluation."""
-    history: dict
-    running: list = field(default_factory=list)
+    history: dict[str, list[Any]]
+    running: list[list[float]] = field(default_factory=list)
     step: int = 0
 
 
@@ -159,13 +169,13 @@ class FitCheckpoint:
     optimizer, the step, the batch order, the RNG states, the history) saved and resumed in one
     place, so a resumed run ends bitwise where the uninterrupted one would."""
 
-    def __init__(self, path, recipe):
+    def __init__(self, path: str | os.PathLike[str], recipe: dict[str, Any]) -> None:
         self.path, self.recipe = path, recipe
 
     def exists(self) -> bool:
         return Path(self.path).exists()
 
-    def save(self, net, batches, run: FitState):
+    def save(self, net: LocalNet, batches: BatchOrder, run: FitState) -> None:
         """Write the state after step ``run.step``; ``batches``: the run's ``BatchOrder``."""
         write_checkpoint(self.path, self.recipe, {
             "step": run.step, "model": net.state_dict(),
@@ -175,7 +185,7 @@ class FitCheckpoint:
             "rng": {"torch": torch.get_rng_state(), "batches": batches.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}})
 
-    def resume(self, net, batches, run: FitState, steps: int):
+    def resume(self, net: LocalNet, batches: BatchOrder, run: FitState, steps: int) -> None:
         """Load the verified checkpoint into ``net``, ``batches`` and ``run`` (CheckpointError if
         it is not one of this very run)."""
         state = read_checkpoint(self.path, self.recipe)

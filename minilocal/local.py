@@ -5,7 +5,10 @@ them in order, delivering every message within the step. ``fast=True`` takes one
 over every stage's parameters instead of K (same updates in exact arithmetic, not bitwise: see
 ``LocalNet``). The stage-level names are importable from here too.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -22,12 +25,12 @@ from .stage import (Stage, StepResult, _forward_blocks, _head, _local_loss,  # n
 PER_PARAMETER = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
-def default_optimizer(params):
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Adam:
     """Adam, lr 1e-3: what LocalNet gives each stage unless told otherwise."""
     return torch.optim.Adam(params, lr=1e-3)
 
 
-def joint_optimizer(optimizers):
+def joint_optimizer(optimizers: Sequence[torch.optim.Optimizer]) -> torch.optim.Optimizer:
     """One optimizer of the stages' type and settings over every stage's parameters (in stage
     order): fused where torch supports it for these tensors, else multi-tensor (foreach)."""
     first = optimizers[0]
@@ -63,8 +66,11 @@ class LocalNet(nn.Module):
     which the runners match bitwise. A non-finite loss stops the step before any stage updates.
     """
 
-    def __init__(self, blocks, heads, plan, optimizer=default_optimizer, devices=None,
-                 loss_fn=cross_entropy, fast: bool = False):
+    def __init__(self, blocks: Iterable[nn.Module], heads: Iterable[nn.Module], plan: Plan,
+                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] = default_optimizer,
+                 devices: str | torch.device | Iterable[str | torch.device] | None = None,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
+                 fast: bool = False) -> None:
         super().__init__()
         if not isinstance(plan, Plan):
             raise TypeError(f"LocalNet: plan must be a minilocal.Plan, got {type(plan).__name__}")
@@ -107,7 +113,7 @@ class LocalNet(nn.Module):
         return self.optimizer is not None
 
     @property
-    def optimizers(self) -> list:
+    def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimizer of the net: one per stage, or the one of ``fast=True``."""
         return [self.optimizer] if self.fast else [stage.optimizer for stage in self.stages]
 
@@ -135,7 +141,8 @@ class LocalNet(nn.Module):
             opt.load_state_dict(opt.state_dict())  # casts the state onto the parameters' devices
         return self
 
-    def to_devices(self, devices):
+    def to_devices(self, devices: str | torch.device | Iterable[str | torch.device] | None,
+                   ) -> LocalNet:
         """Move stage s (blocks, head, optimizer state) to devices[s]; one device moves them all."""
         for stage, d in zip(self.stages, check_devices(devices, len(self.stages))):
             for m in [*stage.blocks, stage.head]:
@@ -158,7 +165,9 @@ class LocalNet(nn.Module):
                              f"{y.shape[0] if y.ndim else 'none (a scalar)'}; they must match "
                              f"(x: {tuple(x.shape)}, y: {tuple(y.shape)})")
 
-    def check_batch(self, x, y, labels=()):
+    def check_batch(self, x: torch.Tensor, y: torch.Tensor,
+                    labels: Iterable[tuple[str, torch.Tensor]] = (),
+                    ) -> list[tuple[tuple[int, ...], torch.dtype]]:
         """Run the batch (x, y) through every stage and head as a training step would, with the
         same checks (counts, dtypes, shapes, label range), but without gradients and without
         changing the net. ``labels``: more (name, tensor) pairs to check the range of (a whole
@@ -209,7 +218,7 @@ class LocalNet(nn.Module):
             self.step()
         return losses
 
-    def local_backward(self, x, y):
+    def local_backward(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
         """Accumulate every stage's local gradients for batch (x, y); returns K loss floats.
 
         Like ``loss.backward()`` it adds to existing .grad (call ``zero_grad`` or ``step`` between
@@ -217,7 +226,7 @@ class LocalNet(nn.Module):
         """
         return self._run(x, y, update=False)
 
-    def step(self):
+    def step(self) -> None:
         """Every stage's optimizer step; clears grads and kept graphs."""
         if not self.fast:
             for stage in self.stages:
@@ -229,7 +238,7 @@ class LocalNet(nn.Module):
             stage.release()
             stage._loss = None
 
-    def train_step(self, x, y):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
         """One synchronous training step, equal to local_backward then step. Returns K losses.
 
         Each stage updates as soon as no later loss needs its graph, while its gradients are
@@ -246,16 +255,16 @@ class LocalNet(nn.Module):
                 outs.append(head_logits(stage, h))
         return outs
 
-    def stage_outputs(self, x):
+    def stage_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every head (list of K tensors), without gradients."""
         with torch.no_grad():
             return self._through(x, every_head=True)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Model output: all blocks, then the output head (the last stage's) only."""
         return self._through(x, every_head=False)[0]
 
-    def predict(self, x):
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class predictions from the output head, no gradients."""
         with torch.no_grad():
             return self.forward(x).argmax(dim=-1)

@@ -15,8 +15,11 @@ owner's weights; the message is one activation-sized tensor and the owner stays 
 A message that has to go further back than one stage continues hop by hop; one that arrives after
 the stage has updated is ``receive_stale_grad``.
 """
+from __future__ import annotations
+
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +30,7 @@ from .guards import (block_failure, check_batch_size, check_finite, check_input,
                      check_targets, check_token_ids, dtype_name)
 
 
-def cross_entropy(logits, y):
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy; logits (B, C) or (B, T, C) with integer y (B,) or (B, T)."""
     if logits.ndim > 2:
         logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)  # (B*T, C), (B*T,)
@@ -40,36 +43,36 @@ def cross_entropy(logits, y):
 class Stage:
     """What one stage owns: its blocks, its head, its optimizer and where they live."""
     index: int
-    blocks: list
+    blocks: list[nn.Module]
     head: nn.Module
-    optimizer: torch.optim.Optimizer   # None under LocalNet(fast=True): one optimizer for all
+    optimizer: torch.optim.Optimizer | None  # None under LocalNet(fast=True): one for all
     reach: int = 0                     # blocks of earlier stages that this stage's loss trains
     device: torch.device = torch.device("cpu")
-    loss_fn: object = cross_entropy
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
     keep_graph: bool = False           # a later stage will send a backward message here
     step_count: int = 0
-    _x_in: torch.Tensor = None         # graph kept for the message (only when keep_graph)
-    _out: torch.Tensor = None
-    _loss: torch.Tensor = None         # last local loss, checked before the update
+    _x_in: torch.Tensor | None = None  # graph kept for the message (only when keep_graph)
+    _out: torch.Tensor | None = None
+    _loss: torch.Tensor | None = None  # last local loss, checked before the update
 
-    def parameters(self):
+    def parameters(self) -> Iterator[nn.Parameter]:
         for module in [*self.blocks, self.head]:
             yield from module.parameters()
 
     @property
-    def dtype(self):
+    def dtype(self) -> torch.dtype | None:
         """The floating dtype of the stage's parameters (None if it has none)."""
         return None if self._probe is None else self._probe.dtype
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Parameters keep their identity through .to()/.double(), so this one tells the live dtype.
         self._probe = next((p for p in self.parameters() if p.is_floating_point()), None)
 
-    def release(self):
+    def release(self) -> None:
         """Drop the graph kept for backward messages (frees its saved activations)."""
         self._x_in = self._out = None
 
-    def update(self):
+    def update(self) -> None:
         """Optimizer step, then clear gradients and any kept graph. Refuses a non-finite loss
         (and discards that step's gradients, so they cannot poison the next one)."""
         if self.optimizer is None:
@@ -84,7 +87,7 @@ class Stage:
         self.optimizer.step()
         self.discard()
 
-    def discard(self):
+    def discard(self) -> None:
         """Drop this step's gradients, kept graph and loss without updating."""
         if self.optimizer is None:
             for p in self.parameters():
@@ -99,10 +102,10 @@ class Stage:
 class StepResult:
     x_out: torch.Tensor            # detached output of the stage's last block: the forward message
     loss: torch.Tensor             # detached scalar local loss
-    grad_in: torch.Tensor = None   # d l_s / d x_in when the loss reaches back (overlap > 0)
+    grad_in: torch.Tensor | None = None  # d l_s / d x_in when the loss reaches back (overlap > 0)
 
 
-def forward_blocks(stage, x):
+def forward_blocks(stage: Stage, x: torch.Tensor) -> torch.Tensor:
     """Stage ``stage``'s blocks on x, with the input and token-id checks and errors that name the
     block that failed."""
     check_input(stage, x)
@@ -116,7 +119,7 @@ def forward_blocks(stage, x):
     return x
 
 
-def head_logits(stage, h):
+def head_logits(stage: Stage, h: torch.Tensor) -> torch.Tensor:
     """Stage ``stage``'s head on its output h; a dtype or shape mismatch is named."""
     try:
         return stage.head(h)
@@ -147,7 +150,8 @@ def _local_loss(stage, logits, y):
         raise
 
 
-def stage_step(stage, x_in, y, update=True):
+def stage_step(stage: Stage, x_in: torch.Tensor, y: torch.Tensor,
+               update: bool = True) -> StepResult:
     """One local step of ``stage`` on a batch. x_in: the previous stage's output (or the input).
 
     Accumulates gradients of the stage's loss into its blocks and head (and, through ``grad_in``,
@@ -172,7 +176,8 @@ def stage_step(stage, x_in, y, update=True):
     return StepResult(out.detach(), loss, x_in.grad if stage.reach else None)
 
 
-def receive_grad(stage, grad_out, n_blocks, keep_graph=True):
+def receive_grad(stage: Stage, grad_out: torch.Tensor, n_blocks: int,
+                 keep_graph: bool = True) -> torch.Tensor | None:
     """Backpropagate a later stage's message ``grad_out`` (d l / d out of this stage) through this
     stage's last ``n_blocks`` blocks, accumulating into their grads. Returns d l / d x_in when the
     message must travel further back (n_blocks > blocks in this stage), else None.
@@ -192,7 +197,7 @@ def receive_grad(stage, grad_out, n_blocks, keep_graph=True):
 
 
 @contextlib.contextmanager
-def kept_buffers(*modules):
+def kept_buffers(*modules: nn.Module) -> Iterator[None]:
     """Restore every buffer of ``modules`` (BatchNorm running statistics) on exit: for forward
     passes that measure or recompute and must not count as seeing the data again."""
     buffers = [b for m in modules for b in m.buffers()]
@@ -205,7 +210,8 @@ def kept_buffers(*modules):
                 buffer.copy_(value)
 
 
-def receive_stale_grad(stage, grad_out, n_blocks, x_in):
+def receive_stale_grad(stage: Stage, grad_out: torch.Tensor, n_blocks: int,
+                       x_in: torch.Tensor) -> None:
     """Apply a backward message that arrives after this stage has already updated (asynchronous
     overlap). The graph of the step it belongs to is gone (the update changed its weights in
     place), so the stage's forward is recomputed on that step's stored input ``x_in`` with the

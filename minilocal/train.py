@@ -13,8 +13,13 @@ A checkpoint holds everything the next step depends on (weights, every optimizer
 batch order, the RNG states, the history), so an interrupted run resumed from it ends bitwise
 where the uninterrupted run would (``checkpoint.py``: written atomically, verified on reading).
 """
+from __future__ import annotations
+
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
 import torch
 from tqdm.auto import tqdm
 
@@ -24,10 +29,13 @@ from .data import check_writable
 from .local import LocalNet
 from .validate import check_int
 
+if TYPE_CHECKING:
+    import numpy as np
+
 HISTORY_KEYS = ("step", "train_loss", "test_loss", "test_acc")
 
 
-def cosine(steps):
+def cosine(steps: int) -> Callable[[int], float]:
     """lr factor for step t in [0, steps): 1 at the start, decaying to ~0 at the end."""
     return lambda t: 0.5 * (1 + math.cos(math.pi * t / steps))
 
@@ -76,7 +84,8 @@ def _tensors(data):
     return out
 
 
-def evaluate(net, x, y, batch_size=1024):
+def evaluate(net: LocalNet, x: torch.Tensor, y: torch.Tensor,
+             batch_size: int = 1024) -> tuple[list[float], list[float]]:
     """Every head's mean loss and accuracy on (x, y): two lists of K floats. x: (N, ...), y: (N, ...).
 
     Runs in eval mode (restored afterwards). Accuracy counts argmax == label per label, so for a
@@ -106,8 +115,10 @@ def _preflight(net, x, y, x_test, y_test):
     net.check_batch(x_test[:2], y_test[:2])
 
 
-def check_fit(net, data, steps, epochs, batch_size, eval_every, eval_batch_size, checkpoint,
-              checkpoint_every):
+def check_fit(net: LocalNet, data: Mapping[str, np.ndarray | torch.Tensor], steps: int | None,
+              epochs: int | None, batch_size: int, eval_every: int, eval_batch_size: int,
+              checkpoint: str | os.PathLike[str] | None, checkpoint_every: int | None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Every argument check of ``fit`` that needs no step: returns (x, y, x_test, y_test, steps)."""
     if not isinstance(net, LocalNet):
         raise TypeError(f"fit: net must be a minilocal.LocalNet, got {type(net).__name__}")
@@ -144,9 +155,14 @@ def _place(net, device, progress, x, y, x_test, y_test):
     return x, y, x_test, y_test
 
 
-def fit(net, data, steps=None, epochs=None, batch_size=128, lr_schedule=None, eval_every=100,
-        seed=0, progress=True, checkpoint=None, checkpoint_every=None, resume=False, device=None,
-        eval_batch_size=1024, callback=None):
+def fit(net: LocalNet, data: Mapping[str, np.ndarray | torch.Tensor], steps: int | None = None,
+        epochs: int | None = None, batch_size: int = 128,
+        lr_schedule: str | Callable[[int], float] | None = None, eval_every: int = 100,
+        seed: int = 0, progress: bool = True, checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None, resume: bool = False,
+        device: str | torch.device | Iterable[str | torch.device] | None = None,
+        eval_batch_size: int = 1024,
+        callback: Callable[[int, list[float]], object] | None = None) -> dict[str, list[Any]]:
     """Train ``net`` (a LocalNet, in place) on ``data``; returns the history dict.
 
     Give ``steps`` or ``epochs`` (one pass = N // batch_size steps; a partial batch is dropped).

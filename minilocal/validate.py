@@ -11,10 +11,16 @@ The message names the call (``where``), the argument, the valid range and the va
 Pure Python (no numpy or torch), so the Plan can use it; numpy integers pass as ints because
 they register as ``numbers.Integral``.
 """
+from __future__ import annotations
+
 import numbers
+from collections.abc import Collection
+from typing import Literal, TypeVar, overload
+
+_T = TypeVar("_T")
 
 
-def is_int(value) -> bool:
+def is_int(value: object) -> bool:
     """True for an int (numpy ints too), False for bool and everything else."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -27,8 +33,21 @@ def _fail(where, message, fix=""):
     return f"{where}: {message}" + (f"; {fix}" if fix else "")
 
 
-def check_int(where: str, name: str, value, low: int = None, high: int = None, *,
-              high_name: str = None, none_ok: bool = False, fix: str = "") -> int:
+@overload  # without none_ok the result is an int; with none_ok=True it may be None
+def check_int(where: str, name: str, value: object, low: int | None = None,
+              high: int | None = None, *, high_name: str | None = None,
+              none_ok: Literal[False] = False, fix: str = "") -> int: ...
+
+
+@overload
+def check_int(where: str, name: str, value: object, low: int | None = None,
+              high: int | None = None, *, high_name: str | None = None, none_ok: bool,
+              fix: str = "") -> int | None: ...
+
+
+def check_int(where: str, name: str, value: object, low: int | None = None,
+              high: int | None = None, *, high_name: str | None = None, none_ok: bool = False,
+              fix: str = "") -> int | None:
     """``int(value)`` if it is an int in [low, high] (either bound may be None); else an error.
 
     ``high_name`` says where the upper bound comes from: ``n_chunks must be between 1 and
@@ -50,7 +69,18 @@ def check_int(where: str, name: str, value, low: int = None, high: int = None, *
     return int(value)
 
 
-def check_positive(where: str, name: str, value, *, none_ok: bool = False, fix: str = "") -> float:
+@overload
+def check_positive(where: str, name: str, value: object, *, none_ok: Literal[False] = False,
+                   fix: str = "") -> float: ...
+
+
+@overload
+def check_positive(where: str, name: str, value: object, *, none_ok: bool,
+                   fix: str = "") -> float | None: ...
+
+
+def check_positive(where: str, name: str, value: object, *, none_ok: bool = False,
+                   fix: str = "") -> float | None:
     """``value`` if it is a real number > 0 (int or float, not bool); else an error."""
     if none_ok and value is None:
         return None
@@ -63,7 +93,8 @@ def check_positive(where: str, name: str, value, *, none_ok: bool = False, fix: 
     return value
 
 
-def check_choice(where: str, name: str, value, choices, *, fix: str = ""):
+def check_choice(where: str, name: str, value: _T, choices: Collection[object], *,
+                 fix: str = "") -> _T:
     """``value`` if it is one of ``choices``; else a ValueError listing them."""
     if value not in choices:
         raise ValueError(_fail(where, f"{name} must be one of {list(choices)}, got {value!r}", fix))

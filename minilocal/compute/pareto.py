@@ -4,17 +4,22 @@ idealized time with each method's lower envelope over batch sizes and learning r
 A record is what ``sweep.run_one`` returns. Its learning rate is tuned per (method, batch): the
 run that reaches the target in the fewest steps wins; when none reaches it, the lowest final loss.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .cost import fastest_at_equal_hardware, idealized_time, step_flops
 
 
-def steps_to_target(record, target):
+def steps_to_target(record: Mapping[str, Any], target: float) -> int | None:
     """First measured step whose loss is <= target, or None when the run never got there."""
     return next((s for s, l in zip(record["steps"], record["loss"]) if l <= target), None)
 
 
-def time_curve(record, throughput=1e12, devices_per_stage=None):
+def time_curve(record: Mapping[str, Any], throughput: float = 1e12,
+               devices_per_stage: int | None = None) -> list[float]:
     """Idealized seconds at each measured step of ``record`` (see cost.idealized_time)."""
     batch = record["config"]["batch"]
     return [idealized_time(s, record["stage_flops"], batch, throughput, devices_per_stage)
@@ -26,7 +31,8 @@ def _rank(record, target):
     return (0, steps, record["config"]["lr"]) if steps is not None else (1, min(record["loss"]), 0)
 
 
-def best_runs(results, target):
+def best_runs(results: Mapping[str, Mapping[str, Any]],
+              target: float) -> dict[str, dict[int, Mapping[str, Any]]]:
     """{method: {batch: record}}: the best learning rate for each (method, batch) at ``target``."""
     best = {}
     for record in results.values():
@@ -37,7 +43,8 @@ def best_runs(results, target):
     return {m: dict(sorted(runs.items())) for m, runs in best.items()}
 
 
-def frontier(results, target, throughput=1e12, devices_per_stage=None):
+def frontier(results: Mapping[str, Mapping[str, Any]], target: float, throughput: float = 1e12,
+             devices_per_stage: int | None = None) -> list[dict[str, Any]]:
     """One row per (method, batch): lr, steps, idealized seconds and FLOPs to ``target`` (None
     where no learning rate reached it)."""
     rows = []
@@ -52,7 +59,9 @@ def frontier(results, target, throughput=1e12, devices_per_stage=None):
     return rows
 
 
-def equal_hardware(results, target, budgets, throughput=1e12, pipeline_work=None):
+def equal_hardware(results: Mapping[str, Mapping[str, Any]], target: float,
+                   budgets: Iterable[int], throughput: float = 1e12,
+                   pipeline_work: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """Fastest idealized time to ``target`` per (N, method) on N devices in all (cost.
     fastest_at_equal_hardware), over batch sizes with each one's best learning rate, and its
     speed-up over data-parallel backprop on the same N. With ``pipeline_work`` (the V_s of backprop
@@ -73,7 +82,8 @@ def equal_hardware(results, target, budgets, throughput=1e12, pipeline_work=None
     return rows
 
 
-def lower_envelope(curves):
+def lower_envelope(curves: Sequence[tuple[Sequence[float], Sequence[float]]],
+                   ) -> tuple[list[float], list[float]]:
     """Best loss reached by each time over several curves: [(times, losses), ...] -> (times, losses).
 
     Each curve counts with its running minimum (a run can be stopped at its best point); the

@@ -11,15 +11,24 @@ chunk) gets exactly backprop's gradient, since detaching a block's input does no
 gradient of the block's own weights; overlapping's block b gets greedy's gradient for b plus
 l_{b+1}'s gradient for b.
 """
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..local import cross_entropy, kept_buffers
+from ..local import LocalNet, cross_entropy, kept_buffers
 from ..plan import Plan
 from ..validate import check_int
 
 
-def plan_gradients(blocks, heads, plan, x, y, loss_fn=cross_entropy):
+def plan_gradients(blocks: Sequence[nn.Module], heads: Sequence[nn.Module], plan: Plan,
+                   x: torch.Tensor, y: torch.Tensor,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
+                   ) -> list[torch.Tensor]:
     """Each block's gradient under ``plan``, flattened: a list of L tensors (P_b,). x: (B, ...).
     Measuring leaves BatchNorm running statistics as they were."""
     with kept_buffers(*blocks, *heads):
@@ -54,19 +63,24 @@ def _plan_gradients(blocks, heads, plan, x, y, loss_fn):
     return total
 
 
-def cosine(a, b):
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine similarity of two flat tensors (0 when either is the zero vector)."""
     return float(F.cosine_similarity(a.reshape(1, -1), b.reshape(1, -1), eps=1e-30))
 
 
-def gradient_similarity(blocks, heads, plan, x, y, loss_fn=cross_entropy):
+def gradient_similarity(blocks: Sequence[nn.Module], heads: Sequence[nn.Module], plan: Plan,
+                        x: torch.Tensor, y: torch.Tensor,
+                        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
+                        ) -> list[float]:
     """Per block, cos(plan's gradient, backprop's gradient through the output head ``heads[-1]``)."""
     local = plan_gradients(blocks, heads, plan, x, y, loss_fn)
     true = plan_gradients(blocks, [heads[-1]], Plan.backprop(plan.n_blocks), x, y, loss_fn)
     return [cosine(a, b) for a, b in zip(local, true)]
 
 
-def similarity_over_training(net, x, y, probe, steps, every, batch, seed=0):
+def similarity_over_training(net: LocalNet, x: torch.Tensor, y: torch.Tensor,
+                             probe: tuple[torch.Tensor, torch.Tensor], steps: int, every: int,
+                             batch: int, seed: int = 0) -> dict[str, list[Any]]:
     """Train ``net`` (a LocalNet) for ``steps`` steps on (x, y); every ``every`` steps, and at 0,
     measure gradient_similarity on the fixed ``probe`` = (x_p, y_p). Returns {'step', 'cosine'}
     with cosine[i] the list of L per-block values at step[i]."""

@@ -9,10 +9,15 @@ A run records the output head's loss on the whole training set at geometrically 
 (dense early, sparse late, so small and large batches get the same relative resolution), the
 per-example work of each stage (``cost.stage_flops``), and stops at ``stop_loss`` or ``max_steps``.
 """
+from __future__ import annotations
+
 import json
 import math
+import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -36,7 +41,8 @@ def make_plan(method: str, n_blocks: int) -> Plan:
     return Plan.from_spec(method, n_blocks)
 
 
-def sweep_configs(methods, batch_sizes, lrs, **overrides):
+def sweep_configs(methods: Sequence[str], batch_sizes: Sequence[int], lrs: Sequence[float],
+                  **overrides: Any) -> list[dict[str, Any]]:
     """Every (method, batch, lr) combination as a full config dict; ``overrides`` change DEFAULTS."""
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
@@ -48,12 +54,12 @@ def sweep_configs(methods, batch_sizes, lrs, **overrides):
             for m in methods for b in batch_sizes for lr in lrs]
 
 
-def config_key(config):
+def config_key(config: Mapping[str, Any]) -> str:
     """The cache key: the full config as canonical JSON."""
     return json.dumps(config, sort_keys=True)
 
 
-def eval_schedule(max_steps, ratio):
+def eval_schedule(max_steps: int, ratio: float) -> list[int]:
     """Steps at which the loss is measured: 0, then geometrically spaced by ``ratio``, and the end."""
     if ratio <= 1:
         raise ValueError(f"eval_schedule: ratio must be > 1, got {ratio!r}")
@@ -64,7 +70,7 @@ def eval_schedule(max_steps, ratio):
     return sorted(steps)
 
 
-def sample_batches(n, batch, seed):
+def sample_batches(n: int, batch: int, seed: int) -> BatchOrder:
     """Endless index batches (batch,) over n examples: shuffled epochs under a seeded torch
     generator (``BatchOrder`` in mode 'torch', the stream ``fit`` draws too)."""
     if batch > n:
@@ -72,7 +78,8 @@ def sample_batches(n, batch, seed):
     return BatchOrder(n, batch, seed, mode="torch", where="sample_batches")
 
 
-def load_data(config):
+def load_data(config: Mapping[str, Any],
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, y, x_test, y_test) tensors on the config's device."""
     if config["dataset"] != "mnist1d":
         raise ValueError(f"load_data: dataset must be 'mnist1d', got {config['dataset']!r}")
@@ -82,7 +89,7 @@ def load_data(config):
     return tuple(torch.from_numpy(d[k]).to(config["device"]) for k in ("x", "y", "x_test", "y_test"))
 
 
-def build_net(config, plan, d_in):
+def build_net(config: Mapping[str, Any], plan: Plan, d_in: int) -> LocalNet:
     """A LocalNet for the config: the model's blocks and heads under the config's seed and lr."""
     if config["model"] != "mlp" or config["optimizer"] != "adam":
         raise ValueError(f"build_net: only model='mlp' with optimizer='adam' is wired up, got "
@@ -95,12 +102,12 @@ def build_net(config, plan, d_in):
                     devices=config["device"])
 
 
-def output_loss(net, x, y):
+def output_loss(net: LocalNet, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean loss of the output head on (x, y): ``train.evaluate``'s (eval mode, no gradients)."""
     return evaluate(net, x, y)[0][-1]
 
 
-def run_one(config):
+def run_one(config: dict[str, Any]) -> dict[str, Any]:
     """Train one config; returns its record: loss curve, per-stage FLOPs, stop step, test accuracy."""
     plan = make_plan(config["method"], config["n_blocks"])
     x, y, x_test, y_test = load_data(config)
@@ -134,7 +141,7 @@ def run_one(config):
                 wall_s=time.perf_counter() - start)
 
 
-def load_results(path):
+def load_results(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """The cached results at ``path`` as {key: record}; an empty dict when the file is absent."""
     path = Path(path)
     if not path.exists():
@@ -151,7 +158,9 @@ def _save(path, results):
     atomic_write(path, write)  # a reader sees the old file or the new one, never half of one
 
 
-def sweep(configs, path, run=run_one, progress=True):
+def sweep(configs: Sequence[dict[str, Any]], path: str | os.PathLike[str],
+          run: Callable[[dict[str, Any]], dict[str, Any]] = run_one,
+          progress: bool = True) -> dict[str, dict[str, Any]]:
     """Run every config not yet in the cache at ``path``; returns {key: record} for ``configs``.
 
     ``run(config) -> record`` is the work; the cache is rewritten after each run, so an

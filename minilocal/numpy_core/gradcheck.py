@@ -25,7 +25,8 @@ def rel_error(a: ArrayLike, b: ArrayLike) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), FLOOR)))
 
 
-def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+def numerical_grad(f: Callable[[], float | np.floating], x: np.ndarray,
+                   eps: float = 1e-6) -> np.ndarray:
     """d f / d x by central differences; f() -> float reads ``x`` (an array changed in place)."""
     grad = np.zeros_like(x, dtype=np.float64)
     it = np.nditer(x, flags=["multi_index"])
@@ -43,7 +44,7 @@ def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> 
 
 def plan_numerical_grads(params: Params, x: np.ndarray, y: np.ndarray, plan: Plan,
                          losses_fn: Callable[[Params, np.ndarray, np.ndarray, Plan],
-                                             Sequence[float]],
+                                             Sequence[float | np.floating]],
                          eps: float = 1e-6) -> Params:
     """The Plan's gradients by finite differences: for each parameter of block l, the sum over the
     stages s that train l of d l_s / d theta; for head s, d l_s / d theta. ``losses_fn(params, x, y,

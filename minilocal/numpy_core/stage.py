@@ -29,10 +29,10 @@ class StageStep:
     ``grad_in`` (None when no later loss reaches back) and its blocks' ``caches`` (for
     ``receive_grad``)."""
     out: np.ndarray
-    loss: float
-    grads: dict
+    loss: np.floating  # a NumPy scalar of the logits' dtype, not a Python float
+    grads: Params
     grad_in: np.ndarray | None = None
-    caches: list | None = None
+    caches: list[DenseCache] | None = None
 
 
 def _add(grads, prefix, g):

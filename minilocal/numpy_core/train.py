@@ -3,19 +3,26 @@
 History format (shared with the torch loop): a dict of lists, one entry per evaluation
 ``step``; ``train_loss``, ``test_loss`` and ``test_acc`` hold one value per stage.
 """
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..batches import BatchOrder
+from ..plan import Plan
 from ..validate import check_choice, check_int
-from .layers import softmax_cross_entropy_fwd
+from .layers import Params, softmax_cross_entropy_fwd
 from .mlp import forward, local_grads
 from .optim import SGD, Adam
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 
 
-def evaluate(params, x, y, plan, activation="relu"):
+def evaluate(params: Params, x: np.ndarray, y: np.ndarray, plan: Plan,
+             activation: str = "relu") -> tuple[list[float], list[float]]:
     """Per-stage test loss and accuracy, from every head (batch-free: x is (N, D))."""
     _, _, heads = forward(params, x, plan, activation)
     losses = [float(softmax_cross_entropy_fwd(logits, y)[0]) for logits, _ in heads]
@@ -23,8 +30,10 @@ def evaluate(params, x, y, plan, activation="relu"):
     return losses, accs
 
 
-def train(params, plan, data, steps=1000, batch_size=128, optimizer="adam", lr=1e-3,
-          momentum=0.9, eval_every=100, seed=0, activation="relu", progress=True):
+def train(params: Params, plan: Plan, data: Mapping[str, np.ndarray], steps: int = 1000,
+          batch_size: int = 128, optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
+          eval_every: int = 100, seed: int = 0, activation: str = "relu",
+          progress: bool = True) -> dict[str, list[Any]]:
     """Train ``params`` in place with the Plan's local gradients; returns the history dict."""
     check_choice("train", "optimizer", optimizer, sorted(OPTIMIZERS))
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):

@@ -11,12 +11,21 @@ case, the place in the result (``result[1]["weight"]``), the worst entry, the ex
 returned value, and the case's inputs. Inputs must come back unchanged, bit for bit (unless
 ``copy_args``). Where a concept does not show in the numbers, ``concepts`` checks it directly.
 """
+from __future__ import annotations
+
 import copy
 import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..numpy_core.gradcheck import rel_error
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+Case = tuple[Any, ...]  # the positional arguments of one call
+Concept = Callable[[Callable[..., Any], Case], str | None]  # (student_fn, args) -> a message or None
 
 KINDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}
 
@@ -40,7 +49,7 @@ def _frozen(value):
     return value if array is None else array.copy()
 
 
-def describe(value, width=60):
+def describe(value: object, width: int = 60) -> str:
     """A short description of a value for a message: type, shape and first entries."""
     if value is None:
         return "None"
@@ -69,7 +78,7 @@ def describe(value, width=60):
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def outline(value, depth=3):
+def outline(value: object, depth: int = 3) -> str:
     """The structure of a value without its numbers: ``(array (4, 2), dict {weight, bias})``."""
     array = _numeric(value)
     if array is not None:
@@ -108,7 +117,7 @@ def _index(index):
     return "[" + ", ".join(str(int(i)) for i in index) + "]"
 
 
-def compare(got, want, tol, where="result"):
+def compare(got: object, want: object, tol: float, where: str = "result") -> None:
     """Raise ``AssertionError`` saying where and how ``got`` first differs from ``want``."""
     if want is None or got is None:
         if got is None and want is not None:
@@ -178,7 +187,7 @@ def compare(got, want, tol, where="result"):
                              f"relative error {err:.2e} > tolerance {tol:.0e}")
 
 
-def max_rel_error(got, want):
+def max_rel_error(got: ArrayLike, want: ArrayLike) -> float:
     """Largest elementwise |got - want| / max(|got| + |want|, 1e-8) over matching arrays (NaN-aware)."""
     g, w = (np.asarray(v if _numeric(v) is None else _numeric(v), dtype=np.float64) for v in (got, want))
     if g.shape != w.shape:
@@ -234,8 +243,9 @@ def _check_arguments(exercise, cases, tol):
         raise ValueError(f"{where}: tol must be a positive number such as 1e-7, got {tol!r}")
 
 
-def check(exercise, student_fn, reference_fn, cases, tol=1e-6, compare=None, copy_args=False,
-          concepts=()):
+def check(exercise: str, student_fn: _F, reference_fn: _F, cases: list[Case] | tuple[Case, ...],
+          tol: float = 1e-6, compare: Callable[[Any], Any] | None = None, copy_args: bool = False,
+          concepts: Sequence[Concept] = ()) -> _F:
     """Compare ``student_fn(*case)`` with ``reference_fn(*case)`` for every case (a tuple of args).
 
     ``compare`` (optional) maps a result to the part that must match, e.g. ``lambda r: r[0]``.
@@ -285,7 +295,7 @@ _compare = compare  # check's parameter ``compare`` shadows the function inside 
 
 
 # --- concepts: what a right number can hide ------------------------------------------------------
-def stops_gradient(fn, args):
+def stops_gradient(fn: Callable[..., Any], args: Case) -> str | None:
     """6.1: no gradient may reach the stage's input, and the returned output must be detached."""
     import torch
 
@@ -308,7 +318,7 @@ def stops_gradient(fn, args):
     return None
 
 
-def own_stage_optimizers(fn, args):
+def own_stage_optimizers(fn: Callable[..., Any], args: Case) -> str | None:
     """6.4: every stage's own optimizer steps (once per step), and no other optimizer does."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 

@@ -12,6 +12,8 @@ notebook stopped before its check). A notebook that is not valid JSON, deletes o
 course's cells, redefines ``check``, hangs past the time limit or kills its kernel gets rows that
 say so, and the others are graded as usual. A summary per student and per exercise is printed.
 """
+from __future__ import annotations
+
 import argparse
 import csv
 import json
@@ -20,6 +22,7 @@ import re
 import sys
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import nbformat
@@ -52,18 +55,19 @@ _checks.check = _grade_check
 '''
 
 
-def course_notebooks(course):
+def course_notebooks(course: str | os.PathLike[str]) -> dict[str, Path]:
     """{file name: path} of the course notebooks under ``course``."""
     return {p.name: p for p in sorted(Path(course).rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts}
 
 
-def exercises_of(nb):
+def exercises_of(nb: nbformat.NotebookNode) -> list[str]:
     """The exercise labels ('6.1', ...) of a notebook, in order."""
     found = [exercise_of(c.source) for c in nb.cells if c.cell_type == "code"]
     return [f"{e[0]}.{e[1]}" for e in found if e]
 
 
-def structure_problem(submitted, course):
+def structure_problem(submitted: nbformat.NotebookNode,
+                      course: nbformat.NotebookNode) -> str | None:
     """Why ``submitted`` cannot be graded against ``course`` (deleted or reordered cells), or None."""
     mine = [c.get("id") for c in submitted.cells]
     theirs = [c.get("id") for c in course.cells]
@@ -76,7 +80,8 @@ def structure_problem(submitted, course):
     return None
 
 
-def graded_copy(submitted, course, record_path):
+def graded_copy(submitted: nbformat.NotebookNode, course: nbformat.NotebookNode,
+                record_path: str | os.PathLike[str]) -> nbformat.NotebookNode:
     """The notebook to run: the submission with the course's check cells, guarded, and a preamble."""
     checks = {c.get("id"): c for c in course.cells
               if c.cell_type == "code" and CHECK_CALL.search(c.source)}
@@ -93,7 +98,8 @@ def graded_copy(submitted, course, record_path):
     return nb
 
 
-def run_notebook(nb, folder, timeout):
+def run_notebook(nb: nbformat.NotebookNode, folder: str | os.PathLike[str],
+                 timeout: int) -> str | None:
     """Execute ``nb``; returns None, or what stopped it (a time-out, a dead kernel)."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -112,7 +118,7 @@ def run_notebook(nb, folder, timeout):
     return None
 
 
-def why_not_run(nb, exercise, timeout):
+def why_not_run(nb: nbformat.NotebookNode, exercise: str, timeout: int) -> str:
     """Why the check of ``exercise`` recorded nothing, from its cell's error output."""
     for cell in nb.cells:
         if cell.cell_type == "code" and exercise in CHECK_CALL.findall(cell.source):
@@ -124,7 +130,8 @@ def why_not_run(nb, exercise, timeout):
     return "its check cell did not run"
 
 
-def grade_notebook(student, path, course_path, timeout):
+def grade_notebook(student: str, path: str | os.PathLike[str], course_path: Path,
+                   timeout: int) -> list[dict[str, str]]:
     """Rows (dicts of FIELDS) for one submitted notebook."""
     course = nbformat.read(course_path, as_version=4)
     labels = exercises_of(course)
@@ -158,7 +165,7 @@ def grade_notebook(student, path, course_path, timeout):
     return out
 
 
-def submissions(folder):
+def submissions(folder: str | os.PathLike[str]) -> Iterator[tuple[str, Path]]:
     """(student, notebook path) pairs: the first folder under ``folder`` names the student."""
     folder = Path(folder)
     for path in sorted(folder.rglob("*.ipynb")):
@@ -168,7 +175,8 @@ def submissions(folder):
         yield (rel.parts[0] if len(rel.parts) > 1 else path.stem), path
 
 
-def grade(folder, course=ROOT / "course", timeout=300):
+def grade(folder: str | os.PathLike[str], course: str | os.PathLike[str] = ROOT / "course",
+          timeout: int = 300) -> list[dict[str, str]]:
     """Rows for every submitted notebook under ``folder``."""
     known, rows = course_notebooks(course), []
     for student, path in submissions(folder):
@@ -180,7 +188,7 @@ def grade(folder, course=ROOT / "course", timeout=300):
     return rows
 
 
-def summary(rows):
+def summary(rows: Iterable[Mapping[str, str]]) -> str:
     """A few lines: passes per student, and per exercise."""
     lines, per_student, per_exercise = [], defaultdict(Counter), defaultdict(Counter)
     for r in rows:
@@ -196,7 +204,7 @@ def summary(rows):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minilocal.teaching.grade", description=__doc__.split("\n")[0])
     parser.add_argument("submissions", help="folder with one sub-folder of notebooks per student")
     parser.add_argument("--out", default="grades.csv", help="the CSV gradebook to write (default grades.csv)")

@@ -11,6 +11,8 @@ notebook's folder) and saved with their outputs, so they render on GitHub and nb
     python -m minilocal.teaching.release 01 02_greedy    # some of them, by number or name
     python -m minilocal.teaching.release --no-execute    # sources only; course/ outputs are cleared
 """
+from __future__ import annotations
+
 import argparse
 import copy
 import os
@@ -18,6 +20,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
@@ -35,20 +38,20 @@ class ReleaseError(ValueError):
     """A solutions notebook that cannot be turned into a course notebook; says where and why."""
 
 
-def exercise_of(source):
+def exercise_of(source: str) -> tuple[int, int, str] | None:
     """``(N, M, text)`` from a cell whose first line is ``# Exercise N.M: text``, else None."""
     match = EXERCISE.match(source.split("\n", 1)[0])
     return (int(match[1]), int(match[2]), match[3]) if match else None
 
 
-def stub(exercise, indent=""):
+def stub(exercise: tuple[int, int, str], indent: str = "") -> str:
     """The line that replaces a solution block: ``raise NotImplementedError("Exercise N.M: ...")``."""
     n, m, text = exercise
     message = f"Exercise {n}.{m}: {text}".replace("\\", "\\\\").replace('"', '\\"')
     return f'{indent}raise NotImplementedError("{message}")'
 
 
-def strip_solutions(source, where="cell"):
+def strip_solutions(source: str, where: str = "cell") -> str:
     """Replace each solution block of one code cell's source with its stub; return the new source."""
     exercise = exercise_of(source)
     lines, out, begin = source.split("\n"), [], None
@@ -85,13 +88,13 @@ def strip_solutions(source, where="cell"):
     return "\n".join(out)
 
 
-def notebook_number(name):
+def notebook_number(name: str) -> int | None:
     """The leading number of a notebook's file name ('02_greedy.ipynb' -> 2), or None for labs."""
     match = NUMBERED.match(name)
     return int(match[1]) if match else None
 
 
-def make_course(nb, name):
+def make_course(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     """A copy of solutions notebook ``nb`` (file name ``name``) with stubs and no outputs."""
     number, seen = notebook_number(name), {}
     course = copy.deepcopy(nb)
@@ -114,7 +117,7 @@ def make_course(nb, name):
     return course
 
 
-def execute(nb, folder, timeout):
+def execute(nb: nbformat.NotebookNode, folder: str | os.PathLike[str], timeout: int) -> float:
     """Run ``nb`` top to bottom in a fresh kernel with cwd ``folder``; returns seconds taken."""
     from nbclient import NotebookClient
 
@@ -126,7 +129,7 @@ def execute(nb, folder, timeout):
     return time.perf_counter() - start
 
 
-def find_notebooks(names, solutions):
+def find_notebooks(names: Sequence[str], solutions: Path) -> list[Path]:
     """Solutions notebooks (paths) matching ``names`` ('01', '01_backprop_numpy', a file name or
     path); all of them when ``names`` is empty."""
     every = sorted(p for p in solutions.rglob("*.ipynb") if not SKIP_DIRS & set(p.parts))
@@ -144,7 +147,7 @@ def find_notebooks(names, solutions):
     return chosen
 
 
-def copy_assets(solutions, course):
+def copy_assets(solutions: Path, course: Path) -> list[Path]:
     """Copy every non-notebook file under solutions/ to the same place under course/, except the
     top-level README.md (each folder has its own)."""
     copied = []
@@ -159,7 +162,8 @@ def copy_assets(solutions, course):
     return copied
 
 
-def release(names=(), root=ROOT, run=True, timeout=120):
+def release(names: Sequence[str] = (), root: str | os.PathLike[str] = ROOT, run: bool = True,
+            timeout: int = 120) -> list[tuple[str, float | None, float | None]]:
     """Build course/ from solutions/ under ``root``; returns rows (name, solution s, course s)."""
     solutions, course_dir = Path(root) / "solutions", Path(root) / "course"
     paths = find_notebooks(names, solutions)
@@ -186,7 +190,7 @@ def release(names=(), root=ROOT, run=True, timeout=120):
     return rows
 
 
-def format_table(rows):
+def format_table(rows: Sequence[tuple[str, float | None, float | None]]) -> str:
     """The per-notebook runtime table printed at the end of a release."""
     width = max([len("notebook")] + [len(r[0]) for r in rows])
     lines = [f"{'notebook':<{width}}  solutions   course"]
@@ -196,7 +200,7 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minilocal.teaching.release", description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="notebooks to build (default: all), e.g. 01 or 02_greedy")
     parser.add_argument("--no-execute", action="store_true", help="only regenerate course/ sources")

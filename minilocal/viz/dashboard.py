@@ -18,16 +18,23 @@ code runs in a kernel that a Jupyter server started (it sets ``JPY_SESSION_NAME`
 ``live=True/False`` or the environment variable ``MINILOCAL_LIVE=1/0`` decides instead. Keep the
 cell that builds a Dashboard tagged ``nbval-ignore-output``: the widget is machine-dependent.
 """
+from __future__ import annotations
+
 import math
 import os
 import sys
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, SupportsFloat
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from .plots import offscreen_figure, plot_history, png_bytes
 from ..validate import check_int
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 FIGSIZE = (6, 3.4)
 LIVE_DPI = 80  # the live PNG is FIGSIZE × LIVE_DPI = 480 × 272 pixels, shown at that size
@@ -40,7 +47,7 @@ def _kernel_shell():
     return shell if shell is not None and hasattr(shell, "kernel") else None
 
 
-def frontend_present():
+def frontend_present() -> bool:
     """True when a live widget would be seen: MINILOCAL_LIVE=1/0 decides if set, else a kernel
     started by a Jupyter server (JPY_SESSION_NAME) or Colab. nbval and nbclient set neither."""
     forced = os.environ.get("MINILOCAL_LIVE", "").strip()
@@ -62,8 +69,8 @@ class Dashboard:
     live redraws (drawing costs ~0.1 s, so a redraw per step would slow training down).
     """
 
-    def __init__(self, n_stages, every=10, title="local losses per stage", live=None,
-                 min_interval=0.5):
+    def __init__(self, n_stages: int, every: int = 10, title: str = "local losses per stage",
+                 live: bool | None = None, min_interval: float = 0.5) -> None:
         self.n_stages = check_int("Dashboard", "n_stages", n_stages, 1)
         self.every = check_int("Dashboard", "every", every, 1)
         if not isinstance(min_interval, (int, float)) or isinstance(min_interval, bool) \
@@ -88,7 +95,7 @@ class Dashboard:
         display(box)
         return box
 
-    def log(self, step, losses):
+    def log(self, step: int, losses: Iterable[SupportsFloat]) -> None:
         """Record step ``step``'s K losses (floats or 0-d tensors); a point every ``every`` steps."""
         step = check_int("Dashboard.log", "step", step, 1)
         if step <= self._last_step:
@@ -112,7 +119,7 @@ class Dashboard:
             self.history["train_loss"].append([float(v) for v in np.mean(self._window, axis=0)])
             self._window = []
 
-    def draw(self, ax):
+    def draw(self, ax: Axes) -> None:
         """Plot the per-stage curves of the history on ``ax``."""
         plot_history(self.history, ax=ax, metric="train_loss")
         ax.set_title(self.title, fontsize=10)
@@ -130,13 +137,13 @@ class Dashboard:
         set_png(self._image, png_bytes(fig))
         self._status.value = "step " + str(self._last_step) + ": " + self.summary()
 
-    def summary(self):
+    def summary(self) -> str:
         """The latest point as text, e.g. 'l0 1.234  l1 0.987' (three decimals)."""
         if not self.history["step"]:
             return "no steps logged yet"
         return "  ".join(f"l{s} {v:.3f}" for s, v in enumerate(self.history["train_loss"][-1]))
 
-    def show(self):
+    def show(self) -> None:
         """Close the last window, print the final per-stage losses and draw the static figure."""
         if not self.history["step"] and not self._window:
             raise ValueError("Dashboard.show: nothing was logged; call dash.log(step, losses) "

@@ -1,12 +1,23 @@
 """Plots of the compute study (``minilocal.compute.pareto``): time to a target vs batch size, and
 loss vs idealized time or FLOPs. Each returns ``(fig, ax)`` (``axes`` for side-by-side panels) in
 the course's colours (``style.method_color``)."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
 from ..compute.pareto import best_runs, lower_envelope, time_curve
 from ..compute.cost import step_flops
 from .style import method_color
 
+if TYPE_CHECKING:  # pyplot is imported only when a plot is drawn
+    import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def plot_scaling(rows, target):
+
+def plot_scaling(rows: Sequence[Mapping[str, Any]], target: float,
+                 ) -> tuple[Figure, np.ndarray]:
     """Steps and idealized time to ``target`` vs batch size, one line per method; returns
     ``(fig, axes)``, the two axes side by side."""
     import matplotlib.pyplot as plt
@@ -27,7 +38,9 @@ def plot_scaling(rows, target):
     return fig, axes
 
 
-def plot_loss_vs_time(results, target, throughput=1e12, devices_per_stage=None, x="time"):
+def plot_loss_vs_time(results: Mapping[str, Mapping[str, Any]], target: float,
+                      throughput: float = 1e12, devices_per_stage: int | None = None,
+                      x: Literal["time", "flops"] = "time") -> tuple[Figure, Axes]:
     """Loss vs idealized time (x='time') or total FLOPs (x='flops'): faint lines are each batch
     size's best-lr run, the thick line is the method's lower envelope over all runs; returns
     ``(fig, ax)``."""

@@ -10,8 +10,11 @@ Code that runs off the main thread (widget callbacks) draws on ``offscreen_figur
 Diagram artists carry a ``gid`` (``block-l``, ``stage-s``, ``head-s``, ``loss-s``, ``bracket-s``)
 so tests and curious readers can find them with ``ax.findobj``.
 """
+from __future__ import annotations
+
 import io
 import struct
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -21,6 +24,9 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
 from ..plan import Plan
 from .style import method_color, stage_color
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 METRICS = {"train_loss": "train loss", "test_loss": "test loss", "test_acc": "test accuracy"}
 MAX_DIAGRAM_BLOCKS = 32  # wider diagrams stop being readable at any figure size
@@ -38,21 +44,21 @@ def _new_ax(ax, size):
     return ax.figure, ax
 
 
-def offscreen_figure(figsize, dpi=100):
+def offscreen_figure(figsize: tuple[float, float], dpi: float = 100) -> tuple[Figure, Axes]:
     """A Figure with one Axes that pyplot never sees: safe on any thread, never shown inline."""
     fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
 
 
-def png_bytes(fig):
+def png_bytes(fig: Figure) -> bytes:
     """The figure as PNG bytes of exactly figsize × dpi pixels (no cropping)."""
     out = io.BytesIO()
     fig.savefig(out, format="png")
     return out.getvalue()
 
 
-def png_size(png):
+def png_size(png: bytes) -> tuple[int, int]:
     """(width, height) in pixels of PNG bytes, read from the header."""
     png = bytes(png)
     if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
@@ -88,14 +94,14 @@ def _check_plan(plan, where):
     return plan
 
 
-def plan_figsize(plan):
+def plan_figsize(plan: Plan) -> tuple[float, float]:
     """(width, height) in inches that fit the diagram of ``plan`` (wider with blocks, taller with
     bracket rows)."""
     n_rows = max(_bracket_rows(_check_plan(plan, "plan_figsize"))) + 1
     return max(5.0, 1.25 * plan.n_blocks + 1.5), 3.2 + 0.35 * n_rows
 
 
-def plot_plan(plan, ax=None):
+def plot_plan(plan: Plan, ax: Axes | None = None) -> tuple[Figure, Axes]:
     """Gradient-flow diagram: blocks in a row, a head and loss under each stage's end, and one
     coloured bracket per loss over the blocks it trains (``plan.trained_by(s)``); returns (fig, ax)."""
     _check_plan(plan, "plot_plan")
@@ -168,18 +174,20 @@ def _check_history(history, metric, where):
     return np.asarray(steps), np.asarray(rows, dtype=float)  # (N,), (N, K)
 
 
-def output_curve(history, metric="test_acc"):
+def output_curve(history: dict[str, Any],
+                 metric: str = "test_acc") -> tuple[np.ndarray, np.ndarray]:
     """The output head's curve: steps (N,) and the last stage's ``metric`` values (N,)."""
     steps, values = _check_history(history, metric, "output_curve")
     return steps, values[:, -1]
 
 
-def final_metrics(history):
+def final_metrics(history: dict[str, Any]) -> dict[str, float]:
     """The output head's train loss, test loss and test accuracy at the last evaluation (a dict)."""
     return {m: float(output_curve(history, m)[1][-1]) for m in METRICS}
 
 
-def plot_history(history, ax=None, metric="test_acc"):
+def plot_history(history: dict[str, Any], ax: Axes | None = None,
+                 metric: str = "test_acc") -> tuple[Figure, Axes]:
     """One curve per stage head (coloured like the diagram) of ``metric`` against step; returns (fig, ax)."""
     steps, values = _check_history(history, metric, "plot_history")
     fig, ax = _new_ax(ax, (5, 3.2))
@@ -194,7 +202,8 @@ def plot_history(history, ax=None, metric="test_acc"):
     return fig, ax
 
 
-def plot_compare(histories, ax=None, metric="test_acc"):
+def plot_compare(histories: dict[str, dict[str, Any]], ax: Axes | None = None,
+                 metric: str = "test_acc") -> tuple[Figure, Axes]:
     """The output head's ``metric`` for several methods ({name: history}) on one axes; returns (fig, ax)."""
     if not isinstance(histories, dict) or not histories:
         raise ValueError("plot_compare: histories must be a non-empty dict {method name: history}, "

@@ -1,9 +1,19 @@
 """The gradient-similarity plot (``minilocal.compute.similarity``): the cosine of each block's
 local gradient to backprop's over training; returns ``(fig, ax)``."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 from .style import stage_color
 
+if TYPE_CHECKING:  # pyplot is imported only when the plot is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-def plot_similarity(history, title=None):
+
+def plot_similarity(history: Mapping[str, Sequence[Any]],
+                    title: str | None = None) -> tuple[Figure, Axes]:
     """Cosine to the backprop gradient vs training step, one line per block; returns
     ``(fig, ax)``."""
     import matplotlib.pyplot as plt

@@ -7,7 +7,14 @@ every figure.
   other name takes the next free colour of the tab10 cycle in the order first asked.
 * ``KIND_COLORS``: the kinds of a timeline's events (compute, communication, idle).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import matplotlib
+
+if TYPE_CHECKING:
+    import numpy as np
 
 KIND_COLORS = {"forward": "#4C72B0", "backward": "#DD8452", "update": "#55A868",
                "send": "#8172B3", "recv": "#B07AA1", "reduce": "#C44E52", "idle": "#DDDDDD"}
@@ -18,8 +25,9 @@ _METHODS = {"backprop": _TAB10[0], "greedy": _TAB10[1], "overlapping": _TAB10[2]
 _others = {}
 
 
-def stage_color(s: int):
-    """The colour of stage s (and of its head, loss, bracket and curve): matplotlib's tab10 cycle."""
+def stage_color(s: int) -> tuple[np.float64, np.float64, np.float64, np.float64]:
+    """The colour of stage s (and of its head, loss, bracket and curve): matplotlib's tab10 cycle,
+    as an RGBA tuple."""
     return matplotlib.colormaps["tab10"](s % 10)
 
 

@@ -14,6 +14,8 @@ with the widget's state and shows it at once.
 The same choices can be written as a short text spec, ``"chunks=2,overlap=1"`` (or a method name),
 which is how the explorer's "general" method and the course's comparison tables name a plan.
 """
+from __future__ import annotations
+
 import html
 import threading
 
@@ -31,7 +33,7 @@ def _check_n_blocks(n_blocks, where):
     return check_int(where, "n_blocks", n_blocks, 1, MAX_DIAGRAM_BLOCKS)
 
 
-def parse_spec(spec: str, n_blocks: int) -> dict:
+def parse_spec(spec: str, n_blocks: int) -> dict[str, int]:
     """``"chunks=2,overlap=1"`` or a method name -> {'chunks': int, 'overlap': int} for n_blocks.
 
     Missing keys default to one block per chunk (chunks = n_blocks) and no overlap; the method
@@ -58,7 +60,7 @@ def plan_from_choice(method: str, n_blocks: int, n_chunks: int = 2, overlap: int
     return plan_from_spec(f"chunks={chunks},overlap={k}", n)
 
 
-def show_plan(plan):
+def show_plan(plan: Plan) -> None:
     """Print ``plan.describe()`` and draw its gradient-flow diagram (the explorer's view)."""
     print(plan.describe())
     fig, _ = plot_plan(plan)
@@ -66,14 +68,14 @@ def show_plan(plan):
     plt.close(fig)  # inline backends close it already; a non-interactive one (Agg) does not
 
 
-def plan_png(plan, dpi=100):
+def plan_png(plan: Plan, dpi: float = 100) -> bytes:
     """The gradient-flow diagram of ``plan`` as PNG bytes, drawn without pyplot (any thread)."""
     fig, ax = offscreen_figure(plan_figsize(plan), dpi=dpi)
     plot_plan(plan, ax=ax)
     return png_bytes(fig)
 
 
-def set_png(image, png):
+def set_png(image: widgets.Image, png: bytes) -> None:
     """Show PNG bytes in an ``ipywidgets.Image`` at their own pixel width: a widget box would
     otherwise stretch the image to its full width, and a stretched PNG is blurry."""
     width, _ = png_size(png)
@@ -81,7 +83,7 @@ def set_png(image, png):
     image.value = png
 
 
-def plan_explorer(n_blocks=6):
+def plan_explorer(n_blocks: int = 6) -> widgets.VBox:
     """A VBox of controls and a view; ``.plan`` holds the Plan on display. Display it in a cell
     tagged nbval-ignore-output (see the module docstring)."""
     n = _check_n_blocks(n_blocks, f"plan_explorer(n_blocks={n_blocks!r})")
