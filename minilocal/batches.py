@@ -15,10 +15,14 @@ run with a given seed sees exactly the batches it always saw:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .validate import check_choice, check_int
+
+if TYPE_CHECKING:
+    import torch
 
 MODES = ("torch", "numpy", "numpy-per-epoch")
 
@@ -40,12 +44,16 @@ class BatchOrder:
             raise ValueError(f"{where}: batch_size {batch_size} is larger than the {n} examples; "
                              f"use a batch_size <= {n}")
         self.n, self.batch_size, self.seed, self.mode = n, batch_size, seed, mode
+        if mode == "torch":  # imported here: the NumPy lessons never load torch
+            import torch
         self.generator = (torch.Generator().manual_seed(seed) if mode == "torch" else
                           np.random.default_rng(seed) if mode == "numpy" else None)
         self.epoch, self.order, self.pos = 0, self._shuffle(0), 0
 
     def _shuffle(self, epoch: int) -> torch.Tensor | np.ndarray:
         if self.mode == "torch":
+            import torch
+
             return torch.randperm(self.n, generator=self.generator)
         if self.mode == "numpy":
             return self.generator.permutation(self.n)

@@ -125,8 +125,9 @@ def check_fit(net: LocalNet, data: Mapping[str, np.ndarray | torch.Tensor], step
     x, y, x_test, y_test = _tensors(data)
     n = len(x)
     for name, value in (("batch_size", batch_size), ("eval_every", eval_every),
-                        ("eval_batch_size", eval_batch_size), ("checkpoint_every", checkpoint_every)):
-        check_int("fit", name, value, 1, none_ok=True)
+                        ("eval_batch_size", eval_batch_size)):
+        check_int("fit", name, value, 1)
+    check_int("fit", "checkpoint_every", checkpoint_every, 1, none_ok=True)  # None: eval_every
     if batch_size > n:
         raise ValueError(f"fit: batch_size {batch_size} is larger than the {n} training examples")
     if (steps is None) == (epochs is None):

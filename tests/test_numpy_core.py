@@ -283,3 +283,12 @@ def test_stage_step_rejects_bad_stages():
         stage_step(params, "greedy", 0, np.zeros((2, 5)), np.zeros(2, int))
     with pytest.raises(ValueError, match="n_blocks must be >= 1"):
         receive_grad(plan, 0, [], np.zeros((2, 6)), 0)
+
+
+def test_the_numpy_core_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, minilocal.numpy_core, minilocal.batches; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "the NumPy lessons must start without importing torch"

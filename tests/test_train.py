@@ -236,6 +236,9 @@ def test_device_auto_and_float64_models(toy_data, capsys):
     (dict(steps=0), ValueError, "the number of steps must be an int >= 1, got 0"),
     (dict(steps=2, batch_size=1000), ValueError, "batch_size 1000 is larger than the 240"),
     (dict(steps=2, eval_every=0), ValueError, "eval_every must be an int >= 1, got 0"),
+    (dict(steps=2, batch_size=None), TypeError, "batch_size must be an int, got None"),
+    (dict(steps=2, eval_every=None), TypeError, "eval_every must be an int, got None"),
+    (dict(steps=2, eval_batch_size=None), TypeError, "eval_batch_size must be an int, got None"),
     (dict(steps=2, lr_schedule="linear"), ValueError, "lr_schedule must be None, 'cosine' or"),
     (dict(steps=2, lr_schedule=lambda t: -1), ValueError, r"lr_schedule\(0\) returned -1"),
 ])
