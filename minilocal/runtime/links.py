@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from .launch import PeerError, PeerTimeout, beat, gloo_words
+from .layout import Layout
 from .timeline import Event
 from .wire import MessageLayout
 
@@ -22,7 +23,7 @@ def stall_s(opts):
 class Links:
     """One rank's messages: receives posted ahead, a window of sends in flight, timelines.
 
-    Replica r of stage s talks to replica r of stages s-1 and s+1: global ranks -/+ D. Each
+    Replica r of stage s talks to replica r of stages s-1 and s+1 (``Layout.neighbour``). Each
     channel's messages, both ways, have a layout fixed by batch 0 (``wire.MessageLayout``): an
     activation and its labels travel as one packed buffer up to ``wire.PACK_BYTES``, as two
     tensors beyond; a backward message as its tensor.
@@ -49,10 +50,11 @@ class Links:
         layout = layout or Layout(job.plan.n_stages)
         self.rank, self.opts, self.device, self.staging = rank, opts, device, staging
         self.t0, self.timeline, self.layout = t0, timeline, layout
-        n, D = job.n_steps, layout.D
+        n = job.n_steps
         s, _ = layout.where(rank)
         self.stage = s
-        self.peer = {"act": (rank - D, rank + D), "grad": (rank + D, rank - D)}  # (from, to)
+        before, after = layout.neighbour(rank, -1), layout.neighbour(rank, 1)  # None: no stage
+        self.peer = {"act": (before, after), "grad": (after, before)}  # (from, to)
         self.expect = {"act": n if s > 0 else 0, "grad": n if job.receivers()[s] else 0}
         inputs, outputs, labels = specs  # (shape, dtype) of this rank's input, output, labels
         # staged: through host memory (gloo); otherwise on this stage's device, labels included
