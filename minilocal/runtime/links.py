@@ -85,8 +85,11 @@ class Links:
         box, source = self.inbox[c], self.peer[c][0]
         while len(self.posted[c]) < self.ahead[c] and self.n_posted[c] < self.expect[c]:
             bufs = box.empty()
-            self.posted[c].append(([self.world.recv([buf], source, 0) for buf in bufs], bufs,
-                                   self.n_posted[c]))
+            try:  # posting fails at once when the peer's connection is already gone
+                works = [self.world.recv([buf], source, 0) for buf in bufs]
+            except RuntimeError as e:
+                raise self._failure(e, "recv", c, source, self.n_posted[c]) from e
+            self.posted[c].append((works, bufs, self.n_posted[c]))
             self.n_posted[c] += 1
 
     def _wait(self, works, kind, c, peer, step):
@@ -95,17 +98,20 @@ class Links:
             for work in works:
                 work.wait(self.patience)
         except RuntimeError as e:
-            me, them, what = self.layout.name(self.rank), self.layout.name(peer), \
-                self.WHAT[(kind, c)]
-            if "timed out" in str(e).lower():
-                raise PeerTimeout(f"{me} timed out after {self.opts.timeout:g} s waiting to "
-                                  f"{what} step {step} (peer: {them}); is that stage stuck or "
-                                  f"dead? Slow stages need a larger timeout", peer) from e
-            raise PeerError(f"{me} could not {what} step {step} (peer: {them}): "
-                            f"{gloo_words(e)}", peer) from e
+            raise self._failure(e, kind, c, peer, step) from e
         t_end = time.perf_counter()
         self.stats[kind + "_wait_s"] += t_end - t_start
         self.timeline.append(Event(self.stage, kind, t_start - self.t0, t_end - self.t0, step))
+
+    def _failure(self, e, kind, c, peer, step):
+        """The PeerError (or PeerTimeout) for gloo's error ``e`` on a message to or from peer."""
+        me, them, what = self.layout.name(self.rank), self.layout.name(peer), self.WHAT[(kind, c)]
+        if "timed out" in str(e).lower():
+            return PeerTimeout(f"{me} timed out after {self.opts.timeout:g} s waiting to "
+                               f"{what} step {step} (peer: {them}); is that stage stuck or "
+                               f"dead? Slow stages need a larger timeout", peer)
+        return PeerError(f"{me} could not {what} step {step} (peer: {them}): {gloo_words(e)}",
+                         peer)
 
     def recv(self, c, step):
         """The message of ``step`` on channel c: (activation, labels) for "act", else a tensor."""
@@ -123,7 +129,10 @@ class Links:
         at most ``window`` sends are in flight."""
         box = self.outbox[c]
         bufs, token = box.pack(value if c == "act" else (value,), step)
-        works = [self.world.send([buf], self.peer[c][1], 0) for buf in bufs]
+        try:
+            works = [self.world.send([buf], self.peer[c][1], 0) for buf in bufs]
+        except RuntimeError as e:
+            raise self._failure(e, "send", c, self.peer[c][1], step) from e
         self.sending.append((works, bufs, token, step, c))  # the buffers stay alive until done
         self.stats["sent_" + c] += 1
         while len(self.sending) > self.opts.window:

@@ -162,9 +162,15 @@ class Averager:
         flats = [torch.cat([t.reshape(-1) for t in b]) for b in buckets]
         flats = [f.cpu() for f in flats] if self.staging else flats  # gloo: through host memory
         t0 = time.perf_counter()
-        works = [dist.all_reduce(f, group=self.group, async_op=True) for f in flats]
+        try:  # posting fails at once when a replica's connection is already gone
+            works = [dist.all_reduce(f, group=self.group, async_op=True) for f in flats]
+        except RuntimeError as e:
+            raise self._failure(e, step) from e
         for work in works:
-            self._wait(work, step)
+            try:
+                work.wait(timedelta(seconds=self.timeout))
+            except RuntimeError as e:
+                raise self._failure(e, step) from e
         self.stats["reduce_wait_s"] += time.perf_counter() - t0
         for bucket, flat in zip(buckets, flats):
             flat.div_(self.layout.D)
@@ -175,17 +181,14 @@ class Averager:
         self.stats["reduce_bytes"] += sum(f.numel() * f.element_size() for f in flats)
         self.stats["n_reduce"] += 1
 
-    def _wait(self, work, step):
+    def _failure(self, e, step):
+        """The PeerError (or PeerTimeout) for gloo's error ``e`` while averaging ``step``."""
         who = self.layout.name(self.rank)
         peers = ", ".join(self.layout.name(q) for q in self.others)
-        try:
-            work.wait(timedelta(seconds=self.timeout))
-        except RuntimeError as e:
-            peer = self.others[0] if len(self.others) == 1 else tuple(self.others)
-            if "timed out" in str(e).lower():
-                raise PeerTimeout(f"{who} timed out after {self.timeout:g} s waiting to average "
-                                  f"the gradients of step {step} with {peers}; is one of them "
-                                  f"stuck or dead? Slow replicas need a larger timeout",
-                                  peer) from e
-            raise PeerError(f"{who} could not average the gradients of step {step} with "
-                            f"{peers}: {gloo_words(e)}", peer) from e
+        peer = self.others[0] if len(self.others) == 1 else tuple(self.others)
+        if "timed out" in str(e).lower():
+            return PeerTimeout(f"{who} timed out after {self.timeout:g} s waiting to average "
+                               f"the gradients of step {step} with {peers}; is one of them "
+                               f"stuck or dead? Slow replicas need a larger timeout", peer)
+        return PeerError(f"{who} could not average the gradients of step {step} with {peers}: "
+                         f"{gloo_words(e)}", peer)
