@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from minilocal import Plan, models
 from minilocal.runtime import Job, ModelSpec, RandomBatches, run_sequential, sgd
-from minilocal.runtime.distributed import STARTUP_S, Options, placement, run_job
+from minilocal.runtime.distributed import STARTUP_S, Options, backend_and_device, run_job
 from minilocal.runtime.launch import launch
 from minilocal.runtime.mesh import Averager, Layout, build_stage, replica_group
 
@@ -47,10 +47,10 @@ def spread(values):
 def bench_worker(rank, world, job, replicas, repeats, calls):
     torch.set_num_threads(1)
     opts = Options("gloo", timeout=120.0, threads=1, device="cpu", replicas=replicas)
-    backend, device, staging = placement(opts, world)
+    backend, device, staging = backend_and_device(opts, world)
     dist.init_process_group(backend, timeout=timedelta(seconds=STARTUP_S))
-    group = replica_group(opts, backend, world)
     layout = Layout(job.plan.n_stages, replicas)
+    group = replica_group(layout, backend)
     stage, _, _ = build_stage(job, layout.where(rank)[0], device)
     grads = [torch.randn_like(p) for p in stage.parameters()]
     nbytes = sum(g.numel() * g.element_size() for g in grads)

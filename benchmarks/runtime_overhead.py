@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from minilocal import Plan, models
 from minilocal.runtime import Job, ModelSpec, RandomBatches, run_sequential, sgd
-from minilocal.runtime.distributed import STARTUP_S, Options, placement, run_job
+from minilocal.runtime.distributed import STARTUP_S, Options, backend_and_device, run_job
 from minilocal.runtime.launch import launch
 
 WIDTH = 256
@@ -38,7 +38,7 @@ def bench_worker(rank, world, jobs, repeats, threads):
     """Per Job: `repeats` rounds of (K processes, then rank 0 alone with K and with 1 threads)."""
     torch.set_num_threads(threads)
     opts = Options("gloo", timeout=120.0, threads=threads, device="cpu")
-    backend, device, staging = placement(opts, world)
+    backend, device, staging = backend_and_device(opts, world)
     dist.init_process_group(backend, timeout=timedelta(seconds=STARTUP_S))
     rows = []
     for job in jobs:

@@ -10,10 +10,13 @@ processes)::
     torchrun --standalone --nproc-per-node=4 -m minilocal train --plan greedy --blocks 4
 
 Several machines: run the same torchrun line on every node with torchrun's own options; the
-world size (nodes x processes per node) must equal the number of stages::
+world size (nodes x processes per node) must equal stages x replicas::
 
     torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
              --rdzv-id=run1 -m minilocal train --plan greedy --blocks 4
+    torchrun --nnodes=2 --nproc-per-node=2 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
+             --rdzv-id=run2 -m minilocal train --plan greedy --blocks 2 --replicas 2 \\
+             --rank-order auto
 
 Every argument is checked before anything trains: a bad one ends the command with exit code 2 and
 one line saying what to change. Timelines from different machines share no clock; compare them
@@ -34,7 +37,17 @@ EPILOG = """launchers:
   torchrun --standalone --nproc-per-node=K -m minilocal train ...
   torchrun --standalone --nproc-per-node=K*D -m minilocal train --replicas D ...
   torchrun --nnodes=N --nproc-per-node=P --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT \\
-           --rdzv-id=ID -m minilocal train ...  (on every node; N x P = number of stages)
+           --rdzv-id=ID -m minilocal train ...  (on every node; N x P = stages x replicas)
+rank order (--rank-order; torchrun puts ranks 0..P-1 on the first node, P..2P-1 on the next):
+  replicas-together  rank = s*D + r: a stage's replicas on one node (when D divides P), so the
+                     gradient all-reduce stays on the node; activations cross nodes
+  stages-together    rank = r*K + s: a replica's K stages on one node (when K divides P), so
+                     activations and backward messages stay on the node; the all-reduce crosses
+  auto               compares bytes per step: all-reduce 2*(D-1)/D x a stage's parameter bytes
+                     per replica, against the activation + labels (+ backward message) each
+                     replica sends on; keeps the heavier on the node. E.g. a 2-block MLP, width
+                     16, batch 16, D = 2: all-reduce 10144 B vs messages 1152 B per step ->
+                     replicas-together; batch 4096: 294912 B of messages -> stages-together
   Under torchrun each worker exits when its agent dies and a lost peer ends the run within
   --timeout. torchrun still decides restarts (--max-restarts) and, after its workers succeed,
   waits up to 300 s for the other nodes' agents (its exit barrier).
@@ -42,7 +55,7 @@ EPILOG = """launchers:
 PLANS = ("greedy", "overlapping", "chunked", "backprop")
 # options that only some plans or runners read: giving them elsewhere is refused, not ignored
 PLAN_ONLY = {"chunks": ("chunked",), "overlap": ("overlapping", "chunked")}
-DISTRIBUTED_ONLY = ("backend", "device", "window", "timeout", "replicas")
+DISTRIBUTED_ONLY = ("backend", "device", "window", "timeout", "replicas", "rank_order")
 LIMITS = {"blocks": (1, 64), "chunks": (1, 64), "overlap": (0, 63), "steps": (1, 10 ** 9),
           "batch_size": (1, 2 ** 16), "width": (1, 2 ** 16), "delay": (0, 10 ** 9),
           "seed": (0, 2 ** 31 - 1), "window": (1, 1024), "replicas": (1, 1024)}
@@ -135,11 +148,16 @@ def _train_parser(commands, defaults):
                               "stages x D replicas = K*D processes; each replica trains on "
                               "1/D of every batch and a stage's replicas average gradients "
                               "before each update (the batch size must divide by D)")
+    add("--rank-order", "replicas-together",
+        choices=["replicas-together", "stages-together", "auto"],
+        help="which rank is replica r of stage s, and so what torchrun keeps on one node: "
+             "replicas-together (rank s*D+r: the gradient all-reduce), stages-together (rank "
+             "r*K+s: the activations), auto (the heavier of the two by bytes per step; see below)")
     add("--timeout", 60.0, type=_positive("timeout", MAX_TIMEOUT_S, "give seconds, e.g. 60"),
         help="seconds a message may take before the run stops with an error naming the stage "
              "(--runner distributed)")
-    add("--out", None, help="write history, test accuracy, timeline and stats to this JSON file "
-                            "(default: none, print only)")
+    add("--out", None, help="write history, test accuracy, timeline, stats and the final "
+                            "weights' sha256 to this JSON file (default: none, print only)")
     return p
 
 
@@ -172,8 +190,9 @@ def _check_applicable(args, given, under_torchrun):
     if args.runner != "distributed":
         for name in DISTRIBUTED_ONLY:
             if name in given:
-                return (f"--{name} applies to --runner distributed, not --runner "
-                        f"{args.runner}; drop it")
+                flag = "--" + name.replace("_", "-")
+                return (f"{flag} applies to --runner distributed, not --runner {args.runner}; "
+                        f"drop it")
     if under_torchrun and args.runner != "distributed":
         return "under torchrun every process is one stage: use --runner distributed"
     return overlap
@@ -217,7 +236,8 @@ def _check_world(args, job, under_torchrun):
     if args.runner != "distributed":
         return None
     K, D = job.plan.n_stages, args.replicas
-    Options(args.backend, args.window, args.timeout, device=args.device, replicas=D)
+    Options(args.backend, args.window, args.timeout, device=args.device, replicas=D,
+            order=args.rank_order)
     if args.batch_size % D:
         return (f"--batch-size {args.batch_size} does not divide by --replicas {D}; every "
                 f"replica needs an equal shard: use a batch size that is a multiple of {D}")
@@ -255,7 +275,8 @@ def _report(args, job, result):
 
     K = job.plan.n_stages
     D = getattr(args, "replicas", 1)
-    where = (f"{K} stage(s) x {D} replica(s) = {K * D} process(es)" if D > 1 else
+    order = result.stats[0].get("order") if args.runner == "distributed" and D > 1 else None
+    where = (f"{K} stage(s) x {D} replica(s) = {K * D} process(es), ranks {order}" if D > 1 else
              f"{K} process(es)") if args.runner == "distributed" else f"the {args.runner} runner"
     print(f"{job.plan!r} on {where}: {job.n_steps} steps in {result.wall:.2f} s")
     x, y, name = _test_set(args, job)
@@ -272,13 +293,26 @@ def _report(args, job, result):
         record = {"plan": repr(job.plan), "runner": args.runner, "history": result.history,
                   "test_loss": test_loss, "test_acc": test_acc,
                   "timeline": [list(e) for e in result.timeline], "stats": result.stats,
-                  "wall": result.wall}
+                  "wall": result.wall, "weights_sha256": weights_sha256(result.params)}
 
         def write(tmp):
             with open(tmp, "w") as f:
                 json.dump(record, f)
         atomic_write(args.out, write)
         print(f"wrote {args.out}")
+
+
+def weights_sha256(params):
+    """One hash of a run's final weights (name -> array): names, dtypes, shapes and bytes, in
+    name order; equal hashes mean bitwise equal weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(params):
+        a = params[name]
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _under_torchrun():
@@ -296,10 +330,11 @@ def train(args, job):
         return _report(args, job, simulate(job, "measure"))
     if _under_torchrun():
         opts = Options(args.backend, args.window, args.timeout, device=args.device,
-                       replicas=args.replicas)
+                       replicas=args.replicas, order=args.rank_order)
         parts = torchrun_worker([job], opts)
-        if parts is not None:
-            _report(args, job, merge([p[0] for p in parts], job, args.replicas))
+        if parts is not None:  # the order as resolved in the workers (for "auto")
+            order = parts[0][0]["stats"]["order"]
+            _report(args, job, merge([p[0] for p in parts], job, args.replicas, order))
         return None
     # The report builds the net, whose optimizers import torch._dynamo (~1 s): import it while
     # this process only waits for the workers, and finish before the report (no import races)
@@ -307,7 +342,8 @@ def train(args, job):
     dynamo.start()
     try:
         result = run_distributed(job, args.backend, args.window, args.timeout,
-                                 device=args.device, progress=True, replicas=args.replicas)
+                                 device=args.device, progress=True, replicas=args.replicas,
+                                 order=args.rank_order)
     finally:
         dynamo.join()
     return _report(args, job, result)

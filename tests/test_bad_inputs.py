@@ -27,6 +27,7 @@ from minilocal.local import stage_step
 from minilocal.runtime import (ArrayBatches, Job, ModelSpec, RandomBatches, run_distributed,
                                run_sequential, sgd, simulate)
 from minilocal.runtime.distributed import Options, message_specs
+from minilocal.runtime.layout import Layout
 from minilocal.text import CharTokenizer, lm_dataset, load_text, make_corpus
 from minilocal.train import fit
 
@@ -583,6 +584,20 @@ CASES = [
      "backend must be 'auto', 'gloo' or 'nccl', got 'mpi'"),
     ("Options threads zero", lambda ctx: Options(threads=0), ValueError,
      "threads must be None or an int >= 1"),
+    ("Options unknown rank order", lambda ctx: Options(order="stage-major"), ValueError,
+     "order must be 'replicas-together' (a stage's replicas on consecutive ranks), "
+     "'stages-together'"),
+    ("run_distributed unknown rank order", lambda ctx: run_distributed(job(), replicas=2,
+                                                                        order="nodes"),
+     ValueError, "or 'auto' (by bytes per step), got 'nodes'"),
+    ("Layout order auto unresolved", lambda ctx: Layout(2, 2, "auto"), ValueError,
+     "resolve 'auto' with resolve_order first"),
+    ("Layout rank outside the mesh", lambda ctx: Layout(2, 2).where(4), ValueError,
+     "rank 4 is outside 0..3"),
+    ("cli rank order with sequential", cli("--runner", "sequential", "--rank-order", "auto"),
+     CliError, "--rank-order applies to --runner distributed"),
+    ("cli unknown rank order", cli("--rank-order", "nodes"), CliError,
+     "argument --rank-order: invalid choice: 'nodes'"),
     ("message specs of a bf16 job", lambda ctx: message_specs(bf16_job.build(),
                                                              *bf16_job.batches(0)),
      TypeError, "stage 0 expects bfloat16 input, got float32"),

@@ -279,17 +279,21 @@ def test_cli_help_shows_every_default_and_explains_the_backend(capsys):
     text = capsys.readouterr().out.split("\nlaunchers:")[0]
     blocks = [" ".join(b.split()) for b in
               re.split(r"\n  (?=--)", text.split("show this help message and exit")[1])[1:]]
-    assert len(blocks) == 18
+    assert len(blocks) == 19  # 18 options and --rank-order
     for block in blocks:
         assert "default" in block, block
     backend = next(b for b in blocks if b.startswith("--backend"))
     assert "NCCL" in backend and "gloo" in backend and "one GPU per process" in backend
+    order = next(b for b in blocks if b.startswith("--rank-order"))
+    assert all(w in order for w in ("replicas-together", "stages-together", "auto", "all-reduce"))
 
 
 def test_cli_help_documents_torchrun_and_rejects_bad_plans(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
-    assert exit_.value.code == 0 and "--nnodes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--nnodes" in out
+    assert "rank = r*K + s" in out and "10144 B vs messages 1152 B" in out  # the order rule
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--plan", "chunked", "--chunks", "5", "--blocks", "3"])
     assert exit_.value.code == 2 and "chunks must be between 1 and n_blocks (3), got 5" in capsys.readouterr().err

@@ -23,12 +23,21 @@ stopped too. Before any message is sent, batch 0 goes along the chain of stages,
 only itself with the sequential runner's input checks (``mesh.chain_specs``): a bad batch fails
 on stage 0 with the sequential error, and every stage learns its message shapes.
 
-Replicas (``replicas=D``): K·D processes on a (K, D) device mesh, rank s·D + r being replica r
-of stage s. Replica r of stage 0 reads shard r of each batch; replica r of a stage talks only to
+Replicas (``replicas=D``): K·D processes on a (K, D) device mesh. Replica r of stage 0 reads
+shard r of each batch; replica r of a stage talks only to
 replica r of its neighbours; before each update the D replicas of a stage average their
 gradients (and loss) with a bucketed all-reduce over the mesh's "replica" group
 (``mesh.Averager``), after the backward message has been applied, so a run equals the
 full-batch one up to float rounding. K = 1 is data-parallel backprop.
+
+Rank order (``order``, ``layout.py``): which rank is replica r of stage s. torchrun puts
+consecutive ranks on one node, so "replicas-together" (rank s·D + r, the default) keeps each
+stage's gradient all-reduce on a node and sends activations between nodes; "stages-together"
+(rank r·K + s) keeps each replica's chain of stages, and so its activations and backward
+messages, on a node and sends the all-reduce between nodes; "auto" compares the two traffics'
+bytes per step (a stage's all-reduce: 2·(D-1)/D of its parameter bytes from each replica,
+against the activation, labels and backward messages its replicas send) and keeps the heavier
+one on the node. The device mesh is built from the order's rank table.
 
 Devices and backends (``backend="auto"``): gloo on CPU; NCCL with one GPU per process when the
 node has at least as many GPUs as processes; with fewer GPUs, gloo with host staging (a stage
@@ -38,7 +47,9 @@ one GPU). Timelines use each process's clock from a common start barrier.
 Launch: ``run_distributed(job)`` from Python or a notebook (``launch.py`` starts the workers: forks
 of a warm forkserver on Linux, which later calls reuse; ``MINILOCAL_START_METHOD=spawn`` for fresh
 interpreters), or
-``torchrun --nproc-per-node=K -m minilocal train ...`` (see ``python -m minilocal train --help``).
+``torchrun --nproc-per-node=K -m minilocal train ...`` (see ``python -m minilocal train --help``);
+several nodes: the same torchrun line on each, with ``--rank-order`` to choose what stays on a
+node.
 Under torchrun each worker exits when its agent dies (``watch_parent``), so a killed node leaves
 no orphans and its peers fail within ``timeout`` (measured on loopback, two nodes: the killed
 agent's worker is gone in 0.1-0.3 s, the other node's torchrun exits with an error in ~1.5 s).
@@ -51,7 +62,7 @@ RendezvousConnectionError.
 import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import numpy as np
@@ -61,8 +72,8 @@ from tqdm.auto import tqdm
 
 from .job import Job, RunResult
 from .launch import beat, launch, watch_parent
-from .mesh import (Averager, Layout, build_stage, chain_specs, check_replicas, own_state,
-                   param_bytes, replica_group, shard)
+from .mesh import (Averager, Layout, build_stage, chain_specs, check_order, check_replicas,
+                   own_state, param_bytes, replica_group, resolve_order, shard)
 from .program import Compute, Send, StepTimer, stage_program
 from .timeline import Event
 from .links import Links, stall_s  # noqa: F401  (the transport; benchmarks import Links from here)
@@ -74,14 +85,16 @@ STARTUP_S = 120  # process-group timeout: a loaded machine may take long to star
 @dataclass(frozen=True)
 class Options:
     """How the workers run: backend, send window, timeout, threads, ``device`` ("auto": GPUs
-    when present; "cpu": gloo on CPU even beside GPUs) and ``replicas`` (data-parallel copies of
-    each stage; they change what is computed only by float rounding)."""
+    when present; "cpu": gloo on CPU even beside GPUs), ``replicas`` (data-parallel copies of
+    each stage; they change what is computed only by float rounding) and ``order`` (the rank
+    order on the mesh: "replicas-together", "stages-together" or "auto"; ``layout.py``)."""
     backend: str = "auto"
     window: int = 2
     timeout: float = 60.0
     threads: int = None
     device: str = "auto"
     replicas: int = 1
+    order: str = "replicas-together"
 
     def __post_init__(self):
         if self.backend not in ("auto", "gloo", "nccl"):
@@ -99,9 +112,10 @@ class Options:
             raise ValueError(f"run_distributed: threads must be None or an int >= 1, "
                              f"got {self.threads!r}")
         check_replicas("run_distributed", self.replicas)
+        check_order("run_distributed", self.order)
 
 
-def placement(opts, world):
+def backend_and_device(opts, world):
     """(backend, device, staging) for this process from LOCAL_RANK and the GPUs on its node."""
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -154,7 +168,7 @@ def run_job(rank, world, job, opts, device, staging, on_step=None, group=None):
     """One Job on this rank, inside an initialized process group; returns plain data.
 
     group: this rank's replica group (from the mesh) when ``opts.replicas`` > 1."""
-    layout = Layout(job.plan.n_stages, opts.replicas)
+    layout = Layout(job.plan.n_stages, opts.replicas, opts.order)
     if layout.world != world:
         raise ValueError(f"the plan has {layout.K} stages x {layout.D} replica(s) = "
                          f"{layout.world} processes, but {world} were started; start one process "
@@ -185,14 +199,16 @@ def run_job(rank, world, job, opts, device, staging, on_step=None, group=None):
 def worker(rank, world, jobs, opts, gather=False, progress=False):
     """A rank's process: join the group (and the mesh), run every Job, optionally gather all
     ranks' results on rank 0 (torchrun, where rank 0 also shows a progress bar), barrier, leave.
-    The rendezvous comes from the environment."""
+    The rendezvous comes from the environment; an "auto" order is resolved here (every rank
+    computes the same bytes from the same Jobs)."""
     beat(STARTUP_S)
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
-    backend, device, staging = placement(opts, world)
+    opts = replace(opts, order=resolve_order(opts.order, jobs, opts.replicas))
+    backend, device, staging = backend_and_device(opts, world)
     dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
                             rank=rank, world_size=world,
                             device_id=device if backend == "nccl" else None)
-    group = replica_group(opts, backend, world)
+    group = replica_group(Layout(jobs[0].plan.n_stages, opts.replicas, opts.order), backend)
     # a bar only where it is shown: any tqdm makes a lock that a killed worker would leak
     bar = tqdm(total=sum(j.n_steps for j in jobs), desc="stage 0") if progress and rank == 0 \
         else None
@@ -204,6 +220,8 @@ def worker(rank, world, jobs, opts, gather=False, progress=False):
             bar.close()
     for part in parts:
         part["stats"]["backend"] = backend
+        part["stats"]["order"] = opts.order
+        part["stats"]["node"] = int(os.environ.get("GROUP_RANK", 0))  # torchrun's node rank
     if gather:
         everyone = [None] * world if rank == 0 else None
         dist.gather_object(parts, everyone, dst=0)
@@ -222,14 +240,15 @@ def torchrun_worker(jobs, opts, progress=True):
     return parts if rank == 0 else None
 
 
-def merge(parts, job, replicas=1):
-    """One RunResult from every rank's plain data for the same Job (parts in rank order).
+def merge(parts, job, replicas=1, order="replicas-together"):
+    """One RunResult from every rank's plain data for the same Job (parts in rank order, ranks
+    numbered in ``order``).
 
     Losses, weights and timeline come from replica 0 of each stage, after checking that every
     replica holds the same weights and losses bitwise (they average the same gradients); stats
-    keep one dict per rank, with its "stage" and "replica"."""
-    layout = Layout(job.plan.n_stages, replicas)
-    firsts = parts[::layout.D]
+    keep one dict per rank (in rank order), with its "stage", "replica" and "order"."""
+    layout = Layout(job.plan.n_stages, replicas, order)
+    firsts = [parts[layout.rank(s, 0)] for s in range(layout.K)]
     for rank, p in enumerate(parts):
         first = firsts[layout.where(rank)[0]]
         if p["losses"] != first["losses"] or any(
@@ -246,15 +265,18 @@ def merge(parts, job, replicas=1):
 
 
 def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, device="auto",
-                    progress=False, replicas=1):
+                    progress=False, replicas=1, order="replicas-together"):
     """Run a Job (or a list of Jobs with the same number of stages, one after another in one
     process group) with one process per stage and replica; returns a RunResult (or a list).
 
     replicas: D data-parallel copies of every stage (K·D processes on a (K, D) device mesh):
     replica r of stage 0 reads shard r of each batch, and a stage's replicas average their
     gradients before every update, so the run equals the full-batch one up to float rounding.
-    threads: torch threads per process (default: cores // (K·D)). timeout: seconds any message
-    or gradient average may take. device "cpu" keeps every stage on the CPU where GPUs exist
+    order: which rank is replica r of stage s: "replicas-together" (s·D + r), "stages-together"
+    (r·K + s) or "auto" (by bytes per step, summed over the jobs' runs; see ``layout.py``); it
+    matters where ranks span nodes (torchrun), and changes no result here. threads: torch
+    threads per process (default: cores // (K·D)). timeout: seconds any message or gradient
+    average may take. device "cpu" keeps every stage on the CPU where GPUs exist
     (e.g. to compare bitwise with a CPU run). progress: a bar of the steps every stage has
     finished. Raises WorkerError (the stage that failed first, then what followed) if a worker
     fails, dies or hangs.
@@ -268,12 +290,13 @@ def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, 
     if any(j.plan.n_stages != K for j in jobs):
         raise ValueError(f"run_distributed: all jobs must have the same number of stages, got "
                          f"{[j.plan.n_stages for j in jobs]}")
-    opts = Options(backend, window, timeout, threads, device, replicas)
+    opts = Options(backend, window, timeout, threads, device, replicas, order)
     for job in jobs:
         job.check_portable("run_distributed")
         if replicas > 1:
             check_replicas("run_distributed", replicas, job.batches(0)[0].shape[0])
-    layout = Layout(K, replicas)
+    opts = replace(opts, order=resolve_order(order, jobs, replicas))  # once, here: not per rank
+    layout = Layout(K, replicas, opts.order)
     bar = tqdm(total=sum(j.n_steps for j in jobs), desc="distributed", disable=not progress)
 
     def show(steps):  # the steps the slowest rank has finished
@@ -284,6 +307,6 @@ def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, 
                        names=layout.names())
     finally:
         bar.close()
-    results = [merge([parts[r][i] for r in range(layout.world)], job, replicas)
+    results = [merge([parts[r][i] for r in range(layout.world)], job, replicas, opts.order)
                for i, job in enumerate(jobs)]
     return results[0] if single else results

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from .launch import PeerError, PeerTimeout, beat, gloo_words
+from .layout import Layout
 from .timeline import Event
 from .wire import MessageLayout
 
@@ -22,7 +23,7 @@ def stall_s(opts):
 class Links:
     """One rank's messages: receives posted ahead, a window of sends in flight, timelines.
 
-    Replica r of stage s talks to replica r of stages s-1 and s+1: global ranks -/+ D. Each
+    Replica r of stage s talks to replica r of stages s-1 and s+1 (``Layout.neighbour``). Each
     channel's messages, both ways, have a layout fixed by batch 0 (``wire.MessageLayout``): an
     activation and its labels travel as one packed buffer up to ``wire.PACK_BYTES``, as two
     tensors beyond; a backward message as its tensor.
@@ -49,10 +50,11 @@ class Links:
         layout = layout or Layout(job.plan.n_stages)
         self.rank, self.opts, self.device, self.staging = rank, opts, device, staging
         self.t0, self.timeline, self.layout = t0, timeline, layout
-        n, D = job.n_steps, layout.D
+        n = job.n_steps
         s, _ = layout.where(rank)
         self.stage = s
-        self.peer = {"act": (rank - D, rank + D), "grad": (rank + D, rank - D)}  # (from, to)
+        before, after = layout.neighbour(rank, -1), layout.neighbour(rank, 1)  # None: no stage
+        self.peer = {"act": (before, after), "grad": (after, before)}  # (from, to)
         self.expect = {"act": n if s > 0 else 0, "grad": n if job.receivers()[s] else 0}
         inputs, outputs, labels = specs  # (shape, dtype) of this rank's input, output, labels
         # staged: through host memory (gloo); otherwise on this stage's device, labels included
@@ -83,8 +85,11 @@ class Links:
         box, source = self.inbox[c], self.peer[c][0]
         while len(self.posted[c]) < self.ahead[c] and self.n_posted[c] < self.expect[c]:
             bufs = box.empty()
-            self.posted[c].append(([self.world.recv([buf], source, 0) for buf in bufs], bufs,
-                                   self.n_posted[c]))
+            try:  # posting fails at once when the peer's connection is already gone
+                works = [self.world.recv([buf], source, 0) for buf in bufs]
+            except RuntimeError as e:
+                raise self._failure(e, "recv", c, source, self.n_posted[c]) from e
+            self.posted[c].append((works, bufs, self.n_posted[c]))
             self.n_posted[c] += 1
 
     def _wait(self, works, kind, c, peer, step):
@@ -93,17 +98,20 @@ class Links:
             for work in works:
                 work.wait(self.patience)
         except RuntimeError as e:
-            me, them, what = self.layout.name(self.rank), self.layout.name(peer), \
-                self.WHAT[(kind, c)]
-            if "timed out" in str(e).lower():
-                raise PeerTimeout(f"{me} timed out after {self.opts.timeout:g} s waiting to "
-                                  f"{what} step {step} (peer: {them}); is that stage stuck or "
-                                  f"dead? Slow stages need a larger timeout", peer) from e
-            raise PeerError(f"{me} could not {what} step {step} (peer: {them}): "
-                            f"{gloo_words(e)}", peer) from e
+            raise self._failure(e, kind, c, peer, step) from e
         t_end = time.perf_counter()
         self.stats[kind + "_wait_s"] += t_end - t_start
         self.timeline.append(Event(self.stage, kind, t_start - self.t0, t_end - self.t0, step))
+
+    def _failure(self, e, kind, c, peer, step):
+        """The PeerError (or PeerTimeout) for gloo's error ``e`` on a message to or from peer."""
+        me, them, what = self.layout.name(self.rank), self.layout.name(peer), self.WHAT[(kind, c)]
+        if "timed out" in str(e).lower():
+            return PeerTimeout(f"{me} timed out after {self.opts.timeout:g} s waiting to "
+                               f"{what} step {step} (peer: {them}); is that stage stuck or "
+                               f"dead? Slow stages need a larger timeout", peer)
+        return PeerError(f"{me} could not {what} step {step} (peer: {them}): {gloo_words(e)}",
+                         peer)
 
     def recv(self, c, step):
         """The message of ``step`` on channel c: (activation, labels) for "act", else a tensor."""
@@ -121,7 +129,10 @@ class Links:
         at most ``window`` sends are in flight."""
         box = self.outbox[c]
         bufs, token = box.pack(value if c == "act" else (value,), step)
-        works = [self.world.send([buf], self.peer[c][1], 0) for buf in bufs]
+        try:
+            works = [self.world.send([buf], self.peer[c][1], 0) for buf in bufs]
+        except RuntimeError as e:
+            raise self._failure(e, "send", c, self.peer[c][1], step) from e
         self.sending.append((works, bufs, token, step, c))  # the buffers stay alive until done
         self.stats["sent_" + c] += 1
         while len(self.sending) > self.opts.window:

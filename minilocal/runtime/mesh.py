@@ -1,10 +1,11 @@
-"""K stages × D replicas: where each rank sits, what it builds, and how replicas agree.
+"""K stages × D replicas: what each rank builds, its device mesh, and how replicas agree.
 
-Ranks are stage-major: rank = s·D + r is replica r of stage s, the layout of
-``init_device_mesh(device, (K, D), mesh_dim_names=("stage", "replica"))``. Replica r of stage s
-exchanges messages only with replica r of stages s-1 and s+1 (global ranks ± D); the D replicas
-of a stage form the mesh's "replica" group, over which they average gradients before every
-update (``Averager``). D = 1 needs no mesh: the runtime is then one process per stage.
+Replica r of stage s exchanges messages only with replica r of stages s-1 and s+1; the D
+replicas of a stage form the mesh's "replica" group, over which they average gradients before
+every update (``Averager``). D = 1 needs no mesh: the runtime is then one process per stage.
+
+The rank order and the bytes that choose it live in ``layout.py``; the device mesh is built
+from the order's explicit rank table (``device_mesh``).
 
 Each rank builds only its own stage (``build_stage``): the model recipe runs once, under its
 seed, so the stage's weights equal the sequential build's; the other stages' modules are dropped
@@ -12,9 +13,9 @@ before the optimizer is made. Its message shapes come from a dry run of batch 0 
 replica's chain of stages (``chain_specs``): each rank runs only its own stage, with the
 sequential runner's input checks, and passes the result on.
 
-Why a device mesh: ``init_device_mesh`` creates every group of both dims collectively, in the
-order every rank must agree on, and names them; only its "replica" groups carry traffic (the
-point-to-point messages use global ranks). Why an all-reduce and not DistributedDataParallel:
+Why a device mesh: it creates every group of both dims collectively, in the order every rank
+must agree on, and names them; only its "replica" groups carry traffic (the point-to-point
+messages use global ranks). Why an all-reduce and not DistributedDataParallel:
 an overlapping plan adds a second backward into the same parameters per step (the message from
 stage s+1, applied after the local backward; with a delay, through a recomputed forward that
 DDP never sees). DDP reduces during the first backward and ignores the second, and under
@@ -24,68 +25,19 @@ is both simpler and exact.
 """
 import gc
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.device_mesh import DeviceMesh
 
 from ..guards import check_labels, check_modules
 from ..local import LocalNet, Stage, forward_blocks, head_logits, cross_entropy
 from .launch import PeerError, PeerTimeout, gloo_words
+from .layout import (ORDERS, Layout, check_order, check_replicas, choose_order,  # noqa: F401
+                     param_bytes, resolve_order, shard, traffic)
 
 BUCKET_BYTES = 4 << 20  # gradients are averaged in flat buckets of at most this many bytes
-
-
-@dataclass(frozen=True)
-class Layout:
-    """K stages × D replicas; rank = s·D + r."""
-    K: int
-    D: int = 1
-
-    @property
-    def world(self):
-        return self.K * self.D
-
-    def where(self, rank):
-        """(stage, replica) of a rank."""
-        return divmod(rank, self.D)
-
-    def rank(self, s, r):
-        return s * self.D + r
-
-    def name(self, rank):
-        """How errors name a rank: "stage s" when D = 1, else "stage s replica r"."""
-        s, r = self.where(rank)
-        return f"stage {s}" if self.D == 1 else f"stage {s} replica {r}"
-
-    def names(self):
-        return [self.name(rank) for rank in range(self.world)]
-
-
-def check_replicas(where, replicas, batch_size=None):
-    """``replicas`` must be a positive int that divides the batch size (when it is known)."""
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise ValueError(f"{where}: replicas must be an int >= 1 (data-parallel copies of each "
-                         f"stage), got {replicas!r}")
-    if batch_size is not None and batch_size % replicas:
-        raise ValueError(f"{where}: the batch size {batch_size} does not divide by replicas="
-                         f"{replicas}; every replica needs an equal shard: use a batch size that "
-                         f"is a multiple of {replicas}, or replicas that divide {batch_size}")
-
-
-def shard(batch, r, D):
-    """Replica r's contiguous 1/D of a batch (x (B, ...), y (B, ...)) -> (B/D, ...) each."""
-    x, y = batch
-    B = x.shape[0]
-    check_replicas("run_distributed", D, B)
-    n = B // D
-    return x[r * n:(r + 1) * n], y[r * n:(r + 1) * n]
-
-
-def param_bytes(modules):
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
 
 def build_stage(job, s, device):
@@ -148,23 +100,25 @@ def chain_specs(stage, layout, rank, batch):
         x, y = batch
     else:
         box = [None]
-        dist.recv_object_list(box, src=rank - layout.D)
+        dist.recv_object_list(box, src=layout.neighbour(rank, -1))
         x, y = box[0]
     h = dry_run(stage, x, y)
     if s < layout.K - 1:
-        dist.send_object_list([(h.cpu(), y.cpu())], dst=rank + layout.D)
+        dist.send_object_list([(h.cpu(), y.cpu())], dst=layout.neighbour(rank, 1))
     spec = lambda t: (tuple(t.shape), t.dtype)  # noqa: E731
     return spec(x), spec(h), spec(y)
 
 
-def replica_group(opts, backend, world):
-    """This rank's replica group from a (K, D) device mesh; None when D = 1 (no mesh needed)."""
-    if opts.replicas == 1:
-        return None
-    mesh = init_device_mesh("cuda" if backend == "nccl" else "cpu",
-                            (world // opts.replicas, opts.replicas),
-                            mesh_dim_names=("stage", "replica"))
-    return mesh.get_group("replica")
+def device_mesh(layout, backend):
+    """The (K, D) device mesh, dims ("stage", "replica"), from the layout's rank table: every
+    rank makes the same groups in the same order, whatever the rank order."""
+    return DeviceMesh("cuda" if backend == "nccl" else "cpu", torch.tensor(layout.table()),
+                      mesh_dim_names=("stage", "replica"))
+
+
+def replica_group(layout, backend):
+    """This rank's replica group from the device mesh; None when D = 1 (no mesh needed)."""
+    return None if layout.D == 1 else device_mesh(layout, backend).get_group("replica")
 
 
 class Averager:
@@ -181,7 +135,7 @@ class Averager:
         self.group, self.layout, self.rank = group, layout, rank
         self.timeout, self.staging = timeout, staging
         s, _ = layout.where(rank)
-        self.others = [layout.rank(s, q) for q in range(layout.D) if layout.rank(s, q) != rank]
+        self.others = [q for q in layout.replica_ranks(s) if q != rank]
         self.stats = {"reduce_bytes": 0, "reduce_wait_s": 0.0, "n_reduce": 0}
 
     def buckets(self, tensors):
@@ -208,9 +162,15 @@ class Averager:
         flats = [torch.cat([t.reshape(-1) for t in b]) for b in buckets]
         flats = [f.cpu() for f in flats] if self.staging else flats  # gloo: through host memory
         t0 = time.perf_counter()
-        works = [dist.all_reduce(f, group=self.group, async_op=True) for f in flats]
+        try:  # posting fails at once when a replica's connection is already gone
+            works = [dist.all_reduce(f, group=self.group, async_op=True) for f in flats]
+        except RuntimeError as e:
+            raise self._failure(e, step) from e
         for work in works:
-            self._wait(work, step)
+            try:
+                work.wait(timedelta(seconds=self.timeout))
+            except RuntimeError as e:
+                raise self._failure(e, step) from e
         self.stats["reduce_wait_s"] += time.perf_counter() - t0
         for bucket, flat in zip(buckets, flats):
             flat.div_(self.layout.D)
@@ -221,17 +181,14 @@ class Averager:
         self.stats["reduce_bytes"] += sum(f.numel() * f.element_size() for f in flats)
         self.stats["n_reduce"] += 1
 
-    def _wait(self, work, step):
+    def _failure(self, e, step):
+        """The PeerError (or PeerTimeout) for gloo's error ``e`` while averaging ``step``."""
         who = self.layout.name(self.rank)
         peers = ", ".join(self.layout.name(q) for q in self.others)
-        try:
-            work.wait(timedelta(seconds=self.timeout))
-        except RuntimeError as e:
-            peer = self.others[0] if len(self.others) == 1 else tuple(self.others)
-            if "timed out" in str(e).lower():
-                raise PeerTimeout(f"{who} timed out after {self.timeout:g} s waiting to average "
-                                  f"the gradients of step {step} with {peers}; is one of them "
-                                  f"stuck or dead? Slow replicas need a larger timeout",
-                                  peer) from e
-            raise PeerError(f"{who} could not average the gradients of step {step} with "
-                            f"{peers}: {gloo_words(e)}", peer) from e
+        peer = self.others[0] if len(self.others) == 1 else tuple(self.others)
+        if "timed out" in str(e).lower():
+            return PeerTimeout(f"{who} timed out after {self.timeout:g} s waiting to average "
+                               f"the gradients of step {step} with {peers}; is one of them "
+                               f"stuck or dead? Slow replicas need a larger timeout", peer)
+        return PeerError(f"{who} could not average the gradients of step {step} with {peers}: "
+                         f"{gloo_words(e)}", peer)

@@ -17,14 +17,13 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
 from torch import nn
 
 from ..local import cross_entropy
-from .distributed import STARTUP_S, Options, placement
+from .distributed import STARTUP_S, Options, backend_and_device
 from .job import RunResult
 from .launch import launch
-from .mesh import Averager, Layout, check_replicas, shard
+from .mesh import Averager, Layout, check_replicas, device_mesh, shard
 from .timeline import Event, fill_idle
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -114,7 +113,7 @@ def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
     With replicas, ranks form a (K, D) mesh: each pipeline is one "stage" group (the K stages of
     replica r), and each stage averages its gradients over its "replica" group."""
     torch.set_num_threads(opts.threads or max(1, (os.cpu_count() or 1) // world))
-    backend, device, _ = placement(opts, world)
+    backend, device, _ = backend_and_device(opts, world)
     if backend != "nccl":
         device = torch.device("cpu")  # pipelining sends the stage's own tensors: keep them on CPU
     dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
@@ -122,8 +121,7 @@ def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
     layout = Layout(world // opts.replicas, opts.replicas)
     groups = (None, None)
     if layout.D > 1:
-        mesh = init_device_mesh("cuda" if backend == "nccl" else "cpu", (layout.K, layout.D),
-                                mesh_dim_names=("stage", "replica"))
+        mesh = device_mesh(layout, backend)
         groups = (mesh.get_group("stage"), mesh.get_group("replica"))
     with warnings.catch_warnings():  # stage 0's inputs need no grad: its backward hook still fires
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -167,7 +165,7 @@ def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", tim
                    layout.world, names=layout.names())
     out = {}
     for i, name in enumerate(schedules):
-        ranks = [parts[r][i] for r in range(0, layout.world, replicas)]  # replica 0 of each stage
+        ranks = [parts[layout.rank(s, 0)][i] for s in range(K)]  # replica 0 of each stage
         history = {"step": list(range(1, job.n_steps + 1)),
                    "train_loss": [[sum(v) / len(v)] for v in ranks[-1]["losses"]]}
         timeline = fill_idle(Event(*e) for p in ranks for e in p["timeline"])
