@@ -50,8 +50,8 @@ class Links:
         self.rank, self.opts, self.device, self.staging = rank, opts, device, staging
         self.t0, self.timeline, self.layout = t0, timeline, layout
         n, D = job.n_steps, layout.D
-        s, _ = layout.where(rank)
-        self.stage = s
+        s, r = layout.where(rank)
+        self.stage, self.replica = s, r  # this rank's row on the timeline
         self.peer = {"act": (rank - D, rank + D), "grad": (rank + D, rank - D)}  # (from, to)
         self.expect = {"act": n if s > 0 else 0, "grad": n if job.receivers()[s] else 0}
         inputs, outputs, labels = specs  # (shape, dtype) of this rank's input, output, labels
@@ -103,7 +103,8 @@ class Links:
                             f"{gloo_words(e)}", peer) from e
         t_end = time.perf_counter()
         self.stats[kind + "_wait_s"] += t_end - t_start
-        self.timeline.append(Event(self.stage, kind, t_start - self.t0, t_end - self.t0, step))
+        self.timeline.append(Event(self.stage, kind, t_start - self.t0, t_end - self.t0, step,
+                                   self.replica))
 
     def recv(self, c, step):
         """The message of ``step`` on channel c: (activation, labels) for "act", else a tensor."""
