@@ -131,6 +131,7 @@ def test_pipelined_backprop_on_two_replicas_equals_full_batch_backprop():
         for row in MESH_2X2:
             kinds = [e.kind for e in run.timeline if (e.stage, e.replica) == row]
             assert kinds.count("forward") == kinds.count("backward") == 2 * 2, row  # M x steps
+            assert kinds.count("update") == kinds.count("reduce") == 2, row
 
 
 def test_merge_refuses_replicas_that_diverged():

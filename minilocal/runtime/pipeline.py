@@ -97,6 +97,9 @@ def _run_schedule(rank, job, name, n_microbatches, device, layout, groups, timeo
             mean = torch.tensor(losses[-1])  # (M,) microbatch losses on the last stage, else (0,)
             average.reduce([p.grad for p in module.parameters()] + [mean], t)
             losses[-1] = mean.tolist()
+            reduced = time.perf_counter()
+            clock["events"].append(Event(s, "reduce", u0 - t0, reduced - t0, t, r))
+            u0 = reduced
         if t == 0:
             grads = {f"{s}.{k}": p.grad.cpu().numpy().copy()
                      for k, p in module.named_parameters()}
