@@ -263,3 +263,50 @@ def test_an_exception_in_the_answer_is_a_fail_with_the_case_and_its_cause():
     with pytest.raises(AssertionError, match=r"FAIL on case 1 \(cases 0-1\): it raised ValueError: .*\n  inputs: x=") as info:
         check("9.1", crashes_on_matrices, relu, CASES)
     assert isinstance(info.value.__cause__, ValueError), "the student's traceback stays attached"
+
+
+# --- 1.3: the rank layout of a K x D mesh -----------------------------------------------------
+def stage_major(K, D, rank, *, next_step=None, group=None):
+    """The runtime's layout (rank = s·D + r), with one part swappable for a mistake."""
+    s, r = divmod(rank, D)
+    previous = rank - D if s > 0 else None
+    following = (next_step or (lambda: rank + D))() if s < K - 1 else None
+    return s, r, previous, following, tuple(group(s, r) if group else range(s * D, s * D + D))
+
+
+@pytest.mark.parametrize("K, D", [(1, 1), (1, 4), (4, 1), (2, 2), (3, 2)])
+def test_consistent_mesh_accepts_the_stage_major_layout_and_the_replica_major_one(K, D):
+    from minilocal.checks import consistent_mesh
+
+    def replica_major(K, D, rank):  # another consistent mesh: the values' check tells it apart
+        r, s = divmod(rank, K)
+        return (s, r, rank - 1 if s else None, rank + 1 if s < K - 1 else None,
+                tuple(q * K + s for q in range(D)))
+    assert consistent_mesh(stage_major, (K, D, 0)) is None
+    assert consistent_mesh(replica_major, (K, D, 0)) is None
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda K, D, q: (0, 0, None, None, (q,)), r"result\[:2\] is \(0, 0\) for ranks 0 and 1"),
+    (lambda K, D, q: stage_major(K, D, q, next_step=lambda: q + 1),
+     r"result\[3\] is 1 for rank 0 .*but rank 1's result\[2\] is None, not 0"),
+    (lambda K, D, q: stage_major(K, D, q, next_step=lambda: q + D + 4),
+     r"result\[3\] is 6 for rank 0, but a 2 x 2 mesh has ranks 0-3"),
+    (lambda K, D, q: stage_major(K, D, q, group=lambda s, r: range(s, s + D)),
+     r"result\[4\] is \(1, 2\) for rank 2, but rank 1's result\[4\] is \(0, 1\)"),
+    (lambda K, D, q: stage_major(K, D, q, group=lambda s, r: [s * D + (r + 1) % D]),
+     r"result\[4\] is \(1,\) for rank 0, which does not hold rank 0"),
+    (lambda K, D, q: stage_major(K, D, q) if q < 3 else 1 / 0,
+     r"it raised ZeroDivisionError for rank 3 of a 2 x 2 mesh"),
+])
+def test_consistent_mesh_names_the_rank_and_the_part_that_disagree(wrong, message):
+    from minilocal.checks import consistent_mesh
+    assert re.search(message, consistent_mesh(wrong, (2, 2, 0)))
+    with pytest.raises(AssertionError, match=r"Exercise 1\.3: FAIL on case 0: " + message):
+        check("1.3", wrong, stage_major, [(2, 2, 0)], concepts=[consistent_mesh])
+
+
+def test_consistent_mesh_leaves_other_structures_to_the_values_check():
+    from minilocal.checks import consistent_mesh
+    assert consistent_mesh(lambda K, D, q: (q // D, q % D), (2, 2, 0)) is None
+    assert consistent_mesh(lambda K, D, q: (0, q, "a", None, ()), (1, 2, 0)) is None

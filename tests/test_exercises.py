@@ -503,6 +503,10 @@ WRONG = {
           "K": "return float(K)"},
   "1.2": {"< for <=": "for M in range(1, batch + 1):\n    if batch % M == 0 and (K - 1) / (M + K - 1) < max_bubble:\n        return M\nreturn batch",
           "any M, not a divisor": "for M in range(1, batch + 1):\n    if (K - 1) / (M + K - 1) <= max_bubble:\n        return M\nreturn batch"},
+  "1.3": {"replica-major (rank = replica * K + stage)": "replica, stage = divmod(rank, K)\nprevious = rank - 1 if stage > 0 else None\nfollowing = rank + 1 if stage < K - 1 else None\nreturn stage, replica, previous, following, tuple(q * K + stage for q in range(D))",
+          "neighbours at rank +- 1": "stage, replica = divmod(rank, D)\nprevious = rank - 1 if stage > 0 else None\nfollowing = rank + 1 if stage < K - 1 else None\nreturn stage, replica, previous, following, tuple(range(stage * D, (stage + 1) * D))",
+          "group: the replica's pipeline": "stage, replica = divmod(rank, D)\nprevious = rank - D if stage > 0 else None\nfollowing = rank + D if stage < K - 1 else None\nreturn stage, replica, previous, following, tuple(q * D + replica for q in range(K))",
+          "group from the stage index, not its first rank": "stage, replica = divmod(rank, D)\nprevious = rank - D if stage > 0 else None\nfollowing = rank + D if stage < K - 1 else None\nreturn stage, replica, previous, following, tuple(range(stage, stage + D))"},
  },
  "lab2_pareto": {
   "2.1": {"last step, not the first reaching": "steps = record['steps'][-1]\nreturn cost.idealized_time(steps, record['stage_flops'], record['config']['batch'], throughput, devices_per_stage)",
@@ -726,7 +730,8 @@ RIGHT = {
   "10.6": "g2, noise = np.linalg.lstsq(np.array([[1.0, 1 / small], [1.0, 1 / big]]), np.array([s_small, s_big]), rcond=None)[0]\nreturn float(noise / g2)"},
  "lab1_scaling": {
   "1.1": "return 1 / ((M + K - 1) / (K * M))",
-  "1.2": "divisors = [M for M in range(1, batch + 1) if batch % M == 0]\nreturn next((M for M in divisors if (K - 1) <= max_bubble * (M + K - 1)), batch)"},
+  "1.2": "divisors = [M for M in range(1, batch + 1) if batch % M == 0]\nreturn next((M for M in divisors if (K - 1) <= max_bubble * (M + K - 1)), batch)",
+  "1.3": "s = rank // D\nr = rank - s * D\nreturn s, r, (rank - D) if s else None, (rank + D) if s + 1 < K else None, tuple(s * D + q for q in range(D))"},
  "lab2_pareto": {
   "2.1": "hits = [s for s, l in zip(record['steps'], record['loss']) if l <= target]\nif not hits:\n    return None\nreturn cost.idealized_time(hits[0], record['stage_flops'], record['config']['batch'], throughput, devices_per_stage)",
   "2.2": "best = None\nfor r in results.values():\n    t = time_to_target(r, target, throughput, None) if r['config']['method'] == method else None\n    if t is not None and (best is None or t < best):\n        best = t\nreturn best"},
@@ -748,7 +753,7 @@ TOL = {
  "09_multi_device": {"9.1": 1e-12, "9.2": 1e-12, "9.3": 1e-12, "9.4": 1e-9, "9.5": 1e-12},
  "10_compute_efficiency": {"10.1": 1e-12, "10.2": 1e-12, "10.3": 1e-12, "10.4": 1e-12, "10.5": 1e-12,
                            "10.6": 1e-9},
- "lab1_scaling": {"1.1": 1e-9, "1.2": 1e-12},
+ "lab1_scaling": {"1.1": 1e-9, "1.2": 1e-12, "1.3": 1e-12},
  "lab2_pareto": {"2.1": 1e-12, "2.2": 1e-12},
  "lab3_language_model": {"3.1": 1e-12},
 }

@@ -68,6 +68,18 @@ def test_lab1_full_mode_takes_one_stage_per_gpu_up_to_eight(monkeypatch):
     assert ns["config"]["batch"] % ns["config"]["microbatches"] == 0  # the pipelines need it
 
 
+@pytest.mark.parametrize("n_gpus, N", [(12, 8), (8, 8), (7, 4), (4, 4), (3, 2), (2, 2)])
+def test_lab1_splits_n_devices_one_process_per_gpu(n_gpus, N, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n_gpus)
+    setup, config = code_cells("lab1_scaling")[0], cell_with("lab1_scaling", 'if SCALE == "full":')
+    ns = run_cells("lab1_scaling", [setup, config], monkeypatch, scale="full")
+    assert ns["N"] == N
+    for D in range(1, N + 1):  # every split's shard, and GPipe x DP's microbatches on it, are whole
+        if N % D == 0:
+            assert ns["config"]["batch"] % D == 0 and (ns["config"]["batch"] // D) % ns["config"]["microbatches"] == 0
+    assert run_cells("lab1_scaling", [setup, config], monkeypatch)["N"] == 4  # tiny: 4 CPU processes
+
+
 def cifar_record(monkeypatch, device):
     """Lab 2's run_cifar on fake CIFAR-shaped data (a tiny ResNet, two steps)."""
     lab = "lab2_pareto"

@@ -17,19 +17,23 @@ import re
 import time
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
 
 from minilocal import Plan, models
 from minilocal.local import cross_entropy
-from minilocal.runtime import (Job, ModelSpec, RandomBatches, WorkerError, pipeline_model,
-                               run_distributed, run_pipeline, run_sequential, sgd, simulate)
+from minilocal.runtime import (Event, Job, ModelSpec, RandomBatches, WorkerError,
+                               pipeline_model, plot_timelines, rank_utilization, run_distributed,
+                               run_pipeline, run_sequential, sgd, simulate)
 from minilocal.runtime.distributed import merge
 from test_distributed import FaultyBatches, spawned_children  # the single-replica fault tests' helpers
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 torch.set_num_threads(1)
+matplotlib.use("Agg")
+MESH_2X2 = [(0, 0), (0, 1), (1, 0), (1, 1)]
 RTOL = 1e-5  # of each tensor's largest entry; see the module docstring
 
 
@@ -74,6 +78,19 @@ def test_two_stages_by_two_replicas_equal_sequential_and_simulator():
     assert [s["sent_grad"] for s in greedy.stats] == [0, 0, 0, 0]
     assert [s["sent_grad"] for s in overlap.stats] == [0, 0, 8, 8]
     assert all(s["n_reduce"] == 8 for s in overlap.stats)  # one average per step and stage
+    # every rank is on the timeline: one row per (stage, replica), each with all of its steps
+    for run in runs:
+        assert sorted({(e.stage, e.replica) for e in run.timeline}) == MESH_2X2
+        for row in MESH_2X2:
+            kinds = [e.kind for e in run.timeline if (e.stage, e.replica) == row]
+            assert kinds.count("update") == kinds.count("reduce") == 8, row
+    assert sum(e.kind == "recv" and e.stage == 1 for e in greedy.timeline) == 2 * 8  # both replicas
+    assert list(rank_utilization(greedy.timeline)) == MESH_2X2
+    assert all(0 < u <= 1 for u in rank_utilization(greedy.timeline).values())
+    _, axes = plot_timelines({"greedy 2 x 2": greedy.timeline, "overlapping 2 x 2": overlap.timeline})
+    assert [len(ax.get_yticks()) for ax in axes] == [4, 4]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["s0 r0", "s0 r1", "s1 r0", "s1 r1"]
+    matplotlib.pyplot.close("all")
     # each rank holds only its own stage: the stages' parameters add up to the model's
     for run in runs[:2]:
         model = run.stats[0]["model_param_bytes"]
@@ -91,6 +108,7 @@ def test_data_parallel_backprop_on_four_replicas_equals_sequential():
     run = run_distributed(job, timeout=60, threads=1, replicas=4)
     assert_close_run(run, run_sequential(job))
     assert [s["replica"] for s in run.stats] == [0, 1, 2, 3]
+    assert sorted({(e.stage, e.replica) for e in run.timeline}) == [(0, r) for r in range(4)]
     assert all(s["sent_act"] == 0 and s["n_reduce"] == 8 for s in run.stats)
 
 
@@ -108,6 +126,12 @@ def test_pipelined_backprop_on_two_replicas_equals_full_batch_backprop():
             assert np.abs(run.grads[k] - want).max() < RTOL * np.abs(want).max(), (name, k)
     np.testing.assert_allclose(runs["gpipe"].history["train_loss"],
                                runs["1f1b"].history["train_loss"], rtol=RTOL)
+    for run in runs.values():  # every rank's forward and backward, idle gaps per row
+        assert sorted({(e.stage, e.replica) for e in run.timeline}) == MESH_2X2
+        for row in MESH_2X2:
+            kinds = [e.kind for e in run.timeline if (e.stage, e.replica) == row]
+            assert kinds.count("forward") == kinds.count("backward") == 2 * 2, row  # M x steps
+            assert kinds.count("update") == kinds.count("reduce") == 2, row
 
 
 def test_merge_refuses_replicas_that_diverged():
@@ -116,6 +140,11 @@ def test_merge_refuses_replicas_that_diverged():
     other = {**part, "params": {"w": np.array([0, 0, 1e-30], np.float32)}}
     job = make_job(Plan.backprop(2), n_steps=1)
     assert merge([part, dict(part)], job, replicas=2).params["w"].tolist() == [0, 0, 0]
+    # the timeline keeps every rank's events, sorted by start, each rank its own replica
+    late = {**part, "timeline": [(0, "forward", 0.5, 1.0, 0, 0)]}
+    early = {**part, "timeline": [(0, "forward", 0.25, 1.0, 0, 1)]}
+    assert merge([late, early], job, replicas=2).timeline == \
+        [Event(0, "forward", 0.25, 1.0, 0, 1), Event(0, "forward", 0.5, 1.0, 0, 0)]
     with pytest.raises(RuntimeError, match="stage 0 replica 1 ended with other weights"):
         merge([part, other], job, replicas=2)
 

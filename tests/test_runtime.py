@@ -20,9 +20,9 @@ from minilocal.local import stage_step  # noqa: E402
 from minilocal.runtime import (ArrayBatches, Event, Job, ModelSpec, RandomBatches,  # noqa: E402
                                adam, makespan, measure_costs, plot_timelines, plot_utilization,
                                run_distributed, run_pipeline, run_sequential, schedule_timeline,
-                               sgd, simulate, utilization)
+                               rank_utilization, sgd, simulate, utilization)
 from minilocal.runtime.distributed import Options  # noqa: E402
-from minilocal.runtime.timeline import as_timeline, fill_idle  # noqa: E402
+from minilocal.runtime.timeline import as_timeline, fill_idle, plot_timeline  # noqa: E402
 from minilocal.train import evaluate  # noqa: E402
 
 torch.set_num_threads(1)
@@ -208,6 +208,48 @@ def test_plot_timelines_draws_one_bar_set_per_stage_and_kind():
         assert {c.get_gid() for c in ax.collections} == want
     _, ax = plot_utilization(runs)
     assert len(ax.patches) == 4
+    plt.close("all")
+
+
+def test_timeline_events_default_to_replica_0_and_old_tuples_still_load():
+    e = Event(1, "forward", 0.5, 1.0, 3)
+    assert e.replica == 0 and e == Event(1, "forward", 0.5, 1.0, 3, 0) and len(e) == 6
+    assert as_timeline([(1, "forward", 0.5, 1.0, 3)]) == [e]               # JSON of older runs
+    assert as_timeline([tuple(Event(0, "send", 0, 1, 0, 2))])[0].replica == 2  # a worker's tuple
+    sim = simulate(make_job(Plan.greedy(3), n_steps=2), [1, 2, 1])
+    assert {e.replica for e in sim.timeline} == {0}
+    assert list(rank_utilization(sim.timeline).values()) == utilization(sim.timeline)
+
+
+def test_timeline_utilization_per_rank_and_idle_per_row_hand_example():
+    # 2 stages x 2 replicas; makespan 4 s
+    tl = [Event(0, "forward", 0, 2, 0, 0), Event(0, "forward", 0, 1, 0, 1),
+          Event(0, "reduce", 2, 3, 0, 1), Event(1, "recv", 0, 2, 0, 0),
+          Event(1, "forward", 2, 4, 0, 0), Event(1, "backward", 3, 4, 0, 1)]
+    assert rank_utilization(tl) == pytest.approx({(0, 0): 2 / 4, (0, 1): 1 / 4,
+                                                  (1, 0): 2 / 4, (1, 1): 1 / 4})
+    assert list(rank_utilization(tl)) == [(0, 0), (0, 1), (1, 0), (1, 1)]   # rank order
+    assert utilization(tl) == pytest.approx([3 / 8, 3 / 8])                 # mean over replicas
+    idle = sorted((e.stage, e.replica, e.t_start, e.t_end) for e in fill_idle(tl)
+                  if e.kind == "idle")
+    assert idle == [(0, 1, 1, 2), (1, 1, 0, 3)]  # each row's own gaps, not its stage's
+
+
+def test_timeline_plots_one_row_per_stage_and_replica():
+    tl = [Event(s, kind, s + 0.1 * r, s + 1, 0, r) for s in range(2) for r in range(3)
+          for kind in ("forward", "reduce")]
+    fig, ax = plot_timeline(tl)
+    assert [t.get_text() for t in ax.get_yticklabels()] == \
+        ["s0 r0", "s0 r1", "s0 r2", "s1 r0", "s1 r1", "s1 r2"]
+    assert {c.get_gid() for c in ax.collections} == \
+        {f"{k}-{s}-{r}" for s in range(2) for r in range(3) for k in ("forward", "reduce")}
+    ys = {c.get_gid(): np.ptp(v := c.get_paths()[0].vertices[:, 1]) / 2 + v.min()
+          for c in ax.collections}  # each bar's centre row
+    assert ys["forward-1-2"] == pytest.approx(5) and ys["forward-0-1"] == pytest.approx(1)
+    single = simulate(make_job(Plan.greedy(2), n_steps=2), [1, 1]).timeline
+    fig, axes = plot_timelines({"K x D": tl, "K x 1": single})
+    assert [len(ax.get_yticks()) for ax in axes] == [6, 2]
+    assert [t.get_text() for t in axes[1].get_yticklabels()] == ["stage 0", "stage 1"]
     plt.close("all")
 
 

@@ -18,9 +18,11 @@ from .launch import WorkerError
 from .pipeline import pipeline_model, run_pipeline, schedule_timeline
 from .sequential import run_sequential
 from .simulator import measure_costs, simulate
-from .timeline import Event, makespan, plot_timeline, plot_timelines, plot_utilization, utilization
+from .timeline import (Event, makespan, plot_timeline, plot_timelines, plot_utilization,
+                       rank_utilization, utilization)
 
 __all__ = ["ArrayBatches", "Event", "Job", "ModelSpec", "RandomBatches", "RunResult", "WorkerError",
            "adam", "makespan", "measure_costs", "mnist1d_batches", "pipeline_model",
-           "plot_timeline", "plot_timelines", "plot_utilization", "run_distributed",
-           "run_pipeline", "run_sequential", "schedule_timeline", "sgd", "simulate", "utilization"]
+           "plot_timeline", "plot_timelines", "plot_utilization", "rank_utilization",
+           "run_distributed", "run_pipeline", "run_sequential", "schedule_timeline", "sgd",
+           "simulate", "utilization"]

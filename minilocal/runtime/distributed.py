@@ -75,7 +75,7 @@ from .launch import beat, launch, watch_parent
 from .mesh import (Averager, Layout, build_stage, chain_specs, check_order, check_replicas,
                    own_state, param_bytes, replica_group, resolve_order, shard)
 from .program import Compute, Send, StepTimer, stage_program
-from .timeline import Event
+from .timeline import Event, as_timeline
 from .links import Links, stall_s  # noqa: F401  (the transport; benchmarks import Links from here)
 
 
@@ -151,7 +151,7 @@ def drive(program, links, timer, t0, timeline, on_step=None):
             return done.value
         if isinstance(request, Compute):
             value, spans = timer.run(request.kind, request.fn)
-            timeline.extend(Event(links.stage, k, a - t0, b - t0, request.step)
+            timeline.extend(Event(links.stage, k, a - t0, b - t0, request.step, links.replica)
                             for k, a, b in spans)
             if request.kind == "update":
                 beat(limit, steps=1)
@@ -244,9 +244,10 @@ def merge(parts, job, replicas=1, order="replicas-together"):
     """One RunResult from every rank's plain data for the same Job (parts in rank order, ranks
     numbered in ``order``).
 
-    Losses, weights and timeline come from replica 0 of each stage, after checking that every
-    replica holds the same weights and losses bitwise (they average the same gradients); stats
-    keep one dict per rank (in rank order), with its "stage", "replica" and "order"."""
+    Losses and weights come from replica 0 of each stage, after checking that every replica holds
+    the same weights and losses bitwise (they average the same gradients); the timeline keeps
+    every rank's events (``Event.replica`` tells a stage's replicas apart); stats keep one dict
+    per rank (in rank order), with its "stage", "replica" and "order"."""
     layout = Layout(job.plan.n_stages, replicas, order)
     firsts = [parts[layout.rank(s, 0)] for s in range(layout.K)]
     for rank, p in enumerate(parts):
@@ -256,8 +257,7 @@ def merge(parts, job, replicas=1, order="replicas-together"):
             raise RuntimeError(f"{layout.name(rank)} ended with other weights or losses than "
                                f"replica 0 of its stage: the replicas diverged")
     losses = [list(row) for row in zip(*(p["losses"] for p in firsts))]
-    timeline = sorted((Event(*e) for p in firsts for e in p["timeline"]),
-                      key=lambda e: (e.t_start, e.stage))
+    timeline = as_timeline(e for p in parts for e in p["timeline"])
     params = {k: v for p in firsts for k, v in p["params"].items()}
     history = {"step": list(range(1, job.n_steps + 1)), "train_loss": losses}
     return RunResult(history, timeline, params, [p["stats"] for p in parts],

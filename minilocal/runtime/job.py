@@ -231,9 +231,11 @@ class RunResult:
     """Plain data from any runner: history, timeline, final weights (numpy) and statistics.
 
     history: {"step": [1..n], "train_loss": [[loss of stage 0..K-1] per step]}; timeline: a list
-    of ``Event(stage, kind, t_start, t_end, step)`` in seconds from the run's start; params: name
-    -> array as in ``LocalNet.state_dict()``; stats: one dict per process (per stage, or per
-    stage and replica in rank order); wall: seconds; grads: the first step's gradients
+    of ``Event(stage, kind, t_start, t_end, step, replica)`` in seconds from the run's start,
+    every process's events (with D replicas per stage, K·D rows; ``replica`` is 0 when D = 1 and
+    in the single-process runners); params: name -> array as in ``LocalNet.state_dict()`` (one
+    copy: a stage's replicas hold the same weights); stats: one dict per process (per stage, or
+    per stage and replica in rank order); wall: seconds; grads: the first step's gradients
     (pipeline runner only).
     """
     history: dict

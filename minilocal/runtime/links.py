@@ -51,8 +51,8 @@ class Links:
         self.rank, self.opts, self.device, self.staging = rank, opts, device, staging
         self.t0, self.timeline, self.layout = t0, timeline, layout
         n = job.n_steps
-        s, _ = layout.where(rank)
-        self.stage = s
+        s, r = layout.where(rank)
+        self.stage, self.replica = s, r  # this rank's row on the timeline
         before, after = layout.neighbour(rank, -1), layout.neighbour(rank, 1)  # None: no stage
         self.peer = {"act": (before, after), "grad": (after, before)}  # (from, to)
         self.expect = {"act": n if s > 0 else 0, "grad": n if job.receivers()[s] else 0}
@@ -101,7 +101,8 @@ class Links:
             raise self._failure(e, kind, c, peer, step) from e
         t_end = time.perf_counter()
         self.stats[kind + "_wait_s"] += t_end - t_start
-        self.timeline.append(Event(self.stage, kind, t_start - self.t0, t_end - self.t0, step))
+        self.timeline.append(Event(self.stage, kind, t_start - self.t0, t_end - self.t0, step,
+                                   self.replica))
 
     def _failure(self, e, kind, c, peer, step):
         """The PeerError (or PeerTimeout) for gloo's error ``e`` on a message to or from peer."""

@@ -37,15 +37,16 @@ def pipeline_model(job):
             for s, idx in enumerate(job.plan.stages)]
 
 
-def _record(module, rank, clock):
+def _record(module, stage, replica, clock):
     """Hooks that append forward/backward events of every microbatch to clock["events"]."""
     def start(*_):
         clock["start"] = time.perf_counter()
 
     def end(kind):
         def hook(*_):
-            clock["events"].append(Event(rank, kind, clock["start"] - clock["t0"],
-                                         time.perf_counter() - clock["t0"], clock["step"]))
+            clock["events"].append(Event(stage, kind, clock["start"] - clock["t0"],
+                                         time.perf_counter() - clock["t0"], clock["step"],
+                                         replica))
         return hook
     module.register_forward_pre_hook(start)
     module.register_forward_hook(end("forward"))
@@ -82,7 +83,7 @@ def _run_schedule(rank, job, name, n_microbatches, device, layout, groups, timeo
     _step(schedule, s, layout.K, x, y)  # the first step infers shapes with an extra pass: discard
     module.zero_grad(set_to_none=True)
     clock = {"events": [], "step": 0}
-    _record(module, s, clock)
+    _record(module, s, r, clock)
     dist.barrier()
     clock["t0"] = t0 = time.perf_counter()
     losses, grads = [], None
@@ -95,12 +96,15 @@ def _run_schedule(rank, job, name, n_microbatches, device, layout, groups, timeo
             mean = torch.tensor(losses[-1])  # (M,) microbatch losses on the last stage, else (0,)
             average.reduce([p.grad for p in module.parameters()] + [mean], t)
             losses[-1] = mean.tolist()
+            reduced = time.perf_counter()
+            clock["events"].append(Event(s, "reduce", u0 - t0, reduced - t0, t, r))
+            u0 = reduced
         if t == 0:
             grads = {f"{s}.{k}": p.grad.cpu().numpy().copy()
                      for k, p in module.named_parameters()}
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        clock["events"].append(Event(s, "update", u0 - t0, time.perf_counter() - t0, t))
+        clock["events"].append(Event(s, "update", u0 - t0, time.perf_counter() - t0, t, r))
     wall = time.perf_counter() - t0
     params = {f"{s}.{k}": p.detach().cpu().numpy().copy() for k, p in module.named_parameters()}
     return {"losses": losses, "timeline": [tuple(e) for e in clock["events"]], "grads": grads,
@@ -140,7 +144,7 @@ def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", tim
     batch in ``n_microbatches`` microbatches, and each stage averages its gradients over its D
     replicas before the update. Returns {name: RunResult}: history holds the output loss,
     ``grads`` the first step's gradients named as in ``nn.Sequential(*pipeline_model(job))``,
-    the timeline (replica 0's) has idle gaps.
+    the timeline has every rank's events (one row per stage and replica) with its idle gaps.
     """
     schedules = [schedules] if isinstance(schedules, str) else list(schedules)
     bad = [s for s in schedules if s not in SCHEDULES]
@@ -168,11 +172,11 @@ def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", tim
         ranks = [parts[layout.rank(s, 0)][i] for s in range(K)]  # replica 0 of each stage
         history = {"step": list(range(1, job.n_steps + 1)),
                    "train_loss": [[sum(v) / len(v)] for v in ranks[-1]["losses"]]}
-        timeline = fill_idle(Event(*e) for p in ranks for e in p["timeline"])
+        timeline = fill_idle(e for r in range(layout.world) for e in parts[r][i]["timeline"])
         merged = {k: v for p in ranks for k, v in p["params"].items()}
         grads = {k: v for p in ranks for k, v in p["grads"].items()}
         out[name] = RunResult(history, timeline, merged, [{} for _ in ranks],
-                              max(p["wall"] for p in ranks), grads)
+                              max(parts[r][i]["wall"] for r in range(layout.world)), grads)
     return out
 
 

@@ -29,7 +29,7 @@ from ..validate import check_int
 from .job import Job, RunResult, stage_state
 from .program import Compute, Send, stage_program
 from .sequential import run_sequential
-from .timeline import Event
+from .timeline import Event, order
 
 COST_KINDS = ("forward", "backward", "update", "message")
 # (timeline kind, cost kind) drawn for each compute request of the stage program
@@ -212,7 +212,7 @@ def simulate(job: Job,
         raise ValueError(f"simulate: jitter must be one sigma or one per stage ({K}), got {jitter}")
     sim = _Simulation(job, table, capacity, latency, jitter, seed)
     sim.run()
-    timeline = sorted(sim.timeline, key=lambda e: (e.t_start, e.stage))
+    timeline = sorted(sim.timeline, key=order)
     params = {k: v for s in range(sim.K) for k, v in stage_state(sim.net, s).items()}
     history = {"step": list(range(1, job.n_steps + 1)),
                "train_loss": [list(row) for row in zip(*sim.losses)]}

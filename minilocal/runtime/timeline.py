@@ -1,9 +1,10 @@
 """Timelines: one format for every runner, a Gantt chart per stage and utilization.
 
-A timeline is a list of ``Event(stage, kind, t_start, t_end, step)``, times in seconds from the
-run's start. Kinds: compute (forward, backward, update), communication (send, recv: time spent
-waiting on a message; reduce: averaging gradients over a stage's replicas) and idle (waiting on
-nothing in particular, e.g. a pipeline bubble).
+A timeline is a list of ``Event(stage, kind, t_start, t_end, step, replica)``, times in seconds
+from the run's start; ``replica`` (default 0) tells a stage's data-parallel copies apart, so a
+K × D run has one row per (stage, replica), K·D in all. Kinds: compute (forward, backward,
+update), communication (send, recv: time spent waiting on a message; reduce: averaging gradients
+over a stage's replicas) and idle (waiting on nothing in particular, e.g. a pipeline bubble).
 Plot functions draw on ``ax`` (a new figure when None) and return ``(fig, ax)``; callers end
 with ``plt.show()``.
 """
@@ -11,7 +12,7 @@ from collections import namedtuple
 
 from ..viz.style import KIND_COLORS
 
-Event = namedtuple("Event", "stage kind t_start t_end step")
+Event = namedtuple("Event", "stage kind t_start t_end step replica", defaults=(0,))
 
 COMPUTE = ("forward", "backward", "update")
 COMM = ("send", "recv", "reduce")
@@ -21,7 +22,8 @@ GAP = 0.004  # of the makespan: the white gap that keeps consecutive bars (micro
 
 
 def as_timeline(events):
-    """Events from plain tuples (e.g. after pickling or JSON), checked and sorted by start."""
+    """Events from plain tuples (e.g. after pickling or JSON; 5-tuples are replica 0), checked
+    and sorted by start."""
     out = []
     for e in events:
         e = Event(*e)
@@ -30,7 +32,22 @@ def as_timeline(events):
         if e.t_end < e.t_start:
             raise ValueError(f"timeline: event ends before it starts: {e}")
         out.append(e)
-    return sorted(out, key=lambda e: (e.t_start, e.stage))
+    return sorted(out, key=order)
+
+
+def order(e):
+    """The sort key of a timeline: by start, then stage, then replica."""
+    return e.t_start, e.stage, e.replica
+
+
+def rows(timeline):
+    """The (stage, replica) pairs that have events, in rank order (stage-major)."""
+    return sorted({(e.stage, e.replica) for e in timeline})
+
+
+def row_label(stage, replica, n_replicas):
+    """A row's name on a chart: "stage 0" for one replica per stage, else "s0 r1"."""
+    return f"stage {stage}" if n_replicas == 1 else f"s{stage} r{replica}"
 
 
 def makespan(timeline):
@@ -38,20 +55,39 @@ def makespan(timeline):
     return max((e.t_end for e in timeline), default=0.0)
 
 
-def busy_time(timeline, n_stages=None, kinds=COMPUTE):
-    """Seconds per stage spent in ``kinds`` (compute by default): a list of K floats."""
-    n_stages = n_stages or 1 + max(e.stage for e in timeline)
-    out = [0.0] * n_stages
+def rank_busy_time(timeline, kinds=COMPUTE):
+    """Seconds each (stage, replica) row spent in ``kinds``: {(stage, replica): float}, in rank
+    order."""
+    out = dict.fromkeys(rows(timeline), 0.0)
     for e in timeline:
         if e.kind in kinds:
-            out[e.stage] += e.t_end - e.t_start
+            out[e.stage, e.replica] += e.t_end - e.t_start
     return out
 
 
+def busy_time(timeline, n_stages=None, kinds=COMPUTE):
+    """Seconds per stage spent in ``kinds`` (compute by default), averaged over the stage's
+    replicas when it has several: a list of K floats."""
+    n_stages = n_stages or 1 + max(e.stage for e in timeline)
+    total, count = [0.0] * n_stages, [0] * n_stages
+    for (s, _), b in rank_busy_time(timeline, kinds).items():
+        total[s] += b
+        count[s] += 1
+    return [t / c if c else 0.0 for t, c in zip(total, count)]
+
+
 def utilization(timeline, n_stages=None):
-    """Per stage: compute time / makespan (1.0 = never waited). A list of K floats."""
+    """Per stage: compute time / makespan (1.0 = never waited), the mean over its replicas.
+    A list of K floats."""
     span = makespan(timeline)
     return [b / span if span else 0.0 for b in busy_time(timeline, n_stages)]
+
+
+def rank_utilization(timeline):
+    """Per process: compute time / makespan of each (stage, replica) row, {(stage, replica):
+    float} in rank order; with one replica per stage the values are ``utilization``'s."""
+    span = makespan(timeline)
+    return {row: b / span if span else 0.0 for row, b in rank_busy_time(timeline).items()}
 
 
 def _pyplot():
@@ -70,24 +106,32 @@ def _bars(spans, span):
     return out
 
 
+def _n_rows(timeline):
+    """Rows a chart of ``timeline`` has: every stage up to the last, times the replicas."""
+    return (1 + max(e.stage for e in timeline)) * (1 + max(e.replica for e in timeline))
+
+
 def plot_timeline(timeline, ax=None, title=None):
-    """Gantt chart: one row per stage (stage 0 on top), one bar per event coloured by kind, a thin
-    gap between consecutive bars."""
+    """Gantt chart: one row per stage, or per (stage, replica) when a stage has replicas (stage 0
+    replica 0 on top, rank order), one bar per event coloured by kind, a thin gap between
+    consecutive bars. Bars carry the gid "kind-stage" ("kind-stage-replica" with replicas)."""
     timeline = as_timeline(timeline)
     if ax is None:
         plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * (1 + max(e.stage for e in timeline))))
+        fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * _n_rows(timeline)))
     fig = ax.figure
-    rows = {}
+    n_stages, D = 1 + max(e.stage for e in timeline), 1 + max(e.replica for e in timeline)
+    bars = {}
     for e in timeline:
-        rows.setdefault((e.stage, e.kind), []).append((e.t_start, e.t_end - e.t_start))
+        bars.setdefault((e.stage, e.replica, e.kind), []).append((e.t_start, e.t_end - e.t_start))
     span = makespan(timeline)
-    for (stage, kind), spans in sorted(rows.items()):
-        ax.broken_barh(_bars(spans, span), (stage - 0.4, 0.8), facecolors=COLORS[kind],
-                       gid=f"{kind}-{stage}")
-    n_stages = 1 + max(e.stage for e in timeline)
-    ax.set_yticks(range(n_stages), [f"stage {s}" for s in range(n_stages)])
-    ax.set_ylim(n_stages - 0.5, -0.5)
+    for (stage, replica, kind), spans in sorted(bars.items()):
+        y = stage * D + replica
+        ax.broken_barh(_bars(spans, span), (y - 0.4, 0.8), facecolors=COLORS[kind],
+                       gid=f"{kind}-{stage}" if D == 1 else f"{kind}-{stage}-{replica}")
+    ax.set_yticks(range(n_stages * D),
+                  [row_label(s, r, D) for s in range(n_stages) for r in range(D)])
+    ax.set_ylim(n_stages * D - 0.5, -0.5)
     ax.set_xlim(0, span)
     ax.set_xlabel("time (s)")
     if title:
@@ -105,13 +149,13 @@ def _legend(fig, timelines):
 
 def plot_timelines(timelines, share_x=True):
     """Several runs stacked (e.g. {"local": ..., "GPipe": ..., "1F1B": ...}), each with its
-    utilization per stage in the title; returns (fig, axes)."""
+    utilization per stage (the mean over a stage's replicas) in the title; returns (fig, axes)."""
     names = list(timelines)
     if not names:
         raise ValueError("plot_timelines: timelines is empty; give {name: timeline}")
     tls = [as_timeline(timelines[n]) for n in names]
     plt = _pyplot()
-    heights = [1 + max(e.stage for e in tl) for tl in tls]
+    heights = [_n_rows(tl) for tl in tls]
     fig, axes = plt.subplots(len(names), 1, sharex=share_x, squeeze=False,
                              figsize=(9, 0.8 + 0.45 * sum(heights) + 0.4 * len(names)),
                              gridspec_kw={"height_ratios": heights})
@@ -145,12 +189,13 @@ def plot_utilization(timelines, ax=None):
 
 
 def fill_idle(timeline):
-    """The timeline plus an "idle" event for every gap in each stage's row (from time 0)."""
+    """The timeline plus an "idle" event for every gap in each (stage, replica) row, from 0."""
     timeline = as_timeline(timeline)
     out, last = list(timeline), {}
     for e in timeline:
-        start = last.get(e.stage, 0.0)
+        row = e.stage, e.replica
+        start = last.get(row, 0.0)
         if e.t_start > start:
-            out.append(Event(e.stage, "idle", start, e.t_start, e.step))
-        last[e.stage] = max(start, e.t_end)
-    return sorted(out, key=lambda e: (e.t_start, e.stage))
+            out.append(Event(e.stage, "idle", start, e.t_start, e.step, e.replica))
+        last[row] = max(start, e.t_end)
+    return sorted(out, key=order)
