@@ -52,6 +52,7 @@ MODULES = [
     "minilocal.validate",
     "minilocal.numpy_core.train",
     "minilocal.teaching.checks",
+    "minilocal.teaching.concepts",
     "minilocal.teaching.release",
     "minilocal.teaching.grade",
 ]
