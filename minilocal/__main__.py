@@ -228,16 +228,21 @@ def _job(args, overlap):
     return Job(model, plan, batches, functools.partial(adam, lr=args.lr), args.steps, args.delay)
 
 
+def _options(args):
+    """The one Options of a distributed run, from the command line."""
+    from .runtime.distributed import Options
+
+    return Options(args.backend, args.window, args.timeout, device=args.device,
+                   replicas=args.replicas, order=args.rank_order)
+
+
 def _check_world(args, job, under_torchrun):
     """The processes a distributed run needs exist (or can): one per stage and replica, GPUs
     for NCCL."""
-    from .runtime.distributed import Options
-
     if args.runner != "distributed":
         return None
     K, D = job.plan.n_stages, args.replicas
-    Options(args.backend, args.window, args.timeout, device=args.device, replicas=D,
-            order=args.rank_order)
+    _options(args)  # a bad combination fails here, before any process starts
     if args.batch_size % D:
         return (f"--batch-size {args.batch_size} does not divide by --replicas {D}; every "
                 f"replica needs an equal shard: use a batch size that is a multiple of {D}")
@@ -322,15 +327,14 @@ def _under_torchrun():
 def train(args, job):
     """Run the Job, print a summary (rank 0 only under torchrun)."""
     from .runtime import run_distributed, run_sequential, simulate
-    from .runtime.distributed import Options, merge, torchrun_worker
+    from .runtime.distributed import merge, torchrun_worker
 
     if args.runner == "sequential":
         return _report(args, job, run_sequential(job, progress=True))
     if args.runner == "simulator":
         return _report(args, job, simulate(job, "measure"))
+    opts = _options(args)
     if _under_torchrun():
-        opts = Options(args.backend, args.window, args.timeout, device=args.device,
-                       replicas=args.replicas, order=args.rank_order)
         parts = torchrun_worker([job], opts)
         if parts is not None:  # the order as resolved in the workers (for "auto")
             order = parts[0][0]["stats"]["order"]
@@ -341,9 +345,7 @@ def train(args, job):
     dynamo = threading.Thread(target=importlib.import_module, args=("torch._dynamo",), daemon=True)
     dynamo.start()
     try:
-        result = run_distributed(job, args.backend, args.window, args.timeout,
-                                 device=args.device, progress=True, replicas=args.replicas,
-                                 order=args.rank_order)
+        result = run_distributed(job, progress=True, options=opts)
     finally:
         dynamo.join()
     return _report(args, job, result)

@@ -25,8 +25,8 @@ from minilocal.checkpoint import CheckpointError
 from minilocal.data import CIFAR10_BIN_FILES, CIFAR10_FILES, as_tensors, cifar10, mnist1d
 from minilocal.local import stage_step
 from minilocal.runtime import (ArrayBatches, Job, ModelSpec, RandomBatches, run_distributed,
-                               run_sequential, sgd, simulate)
-from minilocal.runtime.distributed import Options, message_specs
+                               run_pipeline, run_sequential, sgd, simulate)
+from minilocal.runtime.distributed import Options
 from minilocal.runtime.layout import Layout
 from minilocal.text import CharTokenizer, lm_dataset, load_text, make_corpus
 from minilocal.train import fit
@@ -587,6 +587,13 @@ CASES = [
     ("Options unknown rank order", lambda ctx: Options(order="stage-major"), ValueError,
      "order must be 'replicas-together' (a stage's replicas on consecutive ranks), "
      "'stages-together'"),
+    ("run_distributed options and keywords", lambda ctx: run_distributed(
+        job(), timeout=5, options=Options(replicas=2)), ValueError,
+     "either as options=Options(...) or as keywords, not both: got options and timeout"),
+    ("run_pipeline options and keywords", lambda ctx: run_pipeline(
+        job(), replicas=2, options=Options()), ValueError, "not both: got options and replicas"),
+    ("run_distributed options of another type", lambda ctx: run_distributed(
+        job(), options={"replicas": 2}), TypeError, "options must be a minilocal.runtime.Options, got dict"),
     ("run_distributed unknown rank order", lambda ctx: run_distributed(job(), replicas=2,
                                                                         order="nodes"),
      ValueError, "or 'auto' (by bytes per step), got 'nodes'"),
@@ -598,8 +605,7 @@ CASES = [
      CliError, "--rank-order applies to --runner distributed"),
     ("cli unknown rank order", cli("--rank-order", "nodes"), CliError,
      "argument --rank-order: invalid choice: 'nodes'"),
-    ("message specs of a bf16 job", lambda ctx: message_specs(bf16_job.build(),
-                                                             *bf16_job.batches(0)),
+    ("dry run of a bf16 job", lambda ctx: bf16_job.build().check_batch(*bf16_job.batches(0)),
      TypeError, "stage 0 expects bfloat16 input, got float32"),
     ("sequential runner, delayed job", lambda ctx: run_sequential(job(
         plan=Plan.overlapping(2), delay=1)), ValueError, "the sequential runner is synchronous"),

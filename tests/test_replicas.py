@@ -24,7 +24,7 @@ import torch
 
 from minilocal import Plan, models
 from minilocal.local import cross_entropy
-from minilocal.runtime import (Event, Job, ModelSpec, RandomBatches, WorkerError,
+from minilocal.runtime import (Event, Job, ModelSpec, Options, RandomBatches, WorkerError,
                                pipeline_model, plot_timelines, rank_utilization, run_distributed,
                                run_pipeline, run_sequential, sgd, simulate)
 from minilocal.runtime.distributed import merge
@@ -105,7 +105,7 @@ def test_two_stages_by_two_replicas_equal_sequential_and_simulator():
 
 def test_data_parallel_backprop_on_four_replicas_equals_sequential():
     job = make_job(Plan.backprop(3))
-    run = run_distributed(job, timeout=60, threads=1, replicas=4)
+    run = run_distributed(job, options=Options(timeout=60, threads=1, replicas=4))
     assert_close_run(run, run_sequential(job))
     assert [s["replica"] for s in run.stats] == [0, 1, 2, 3]
     assert sorted({(e.stage, e.replica) for e in run.timeline}) == [(0, r) for r in range(4)]
@@ -114,8 +114,8 @@ def test_data_parallel_backprop_on_four_replicas_equals_sequential():
 
 def test_pipelined_backprop_on_two_replicas_equals_full_batch_backprop():
     job = make_job(Plan.greedy(2), n_steps=2)
-    runs = run_pipeline(job, ["gpipe", "1f1b"], n_microbatches=2, timeout=60, threads=1,
-                        replicas=2)
+    runs = run_pipeline(job, ["gpipe", "1f1b"], n_microbatches=2,  # the settings as one object
+                        options=Options(timeout=60, threads=1, replicas=2))
     full = torch.nn.Sequential(*pipeline_model(job))
     x, y = job.batches(0)
     cross_entropy(full(x), y).backward()

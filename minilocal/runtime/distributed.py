@@ -115,6 +115,22 @@ class Options:
         check_order("run_distributed", self.order)
 
 
+
+def options_from(where, options, **given):
+    """The run's Options: ``options`` itself, or one made from the keyword arguments ``given``
+    (each runner's own keywords). Giving both is refused, naming the keywords that clash."""
+    if options is None:
+        return Options(**given)
+    if not isinstance(options, Options):
+        raise TypeError(f"{where}: options must be a minilocal.runtime.Options, got "
+                        f"{type(options).__name__}")
+    default = Options()
+    clash = [k for k, v in given.items() if v != getattr(default, k)]
+    if clash:
+        raise ValueError(f"{where}: give the run's settings either as options=Options(...) or as "
+                         f"keywords, not both: got options and {', '.join(clash)}")
+    return options
+
 def backend_and_device(opts, world):
     """(backend, device, staging) for this process from LOCAL_RANK and the GPUs on its node."""
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", 0)))
@@ -132,12 +148,6 @@ def backend_and_device(opts, world):
         return backend, device, False
     device = torch.device("cuda", local % n_gpu) if n_gpu else torch.device("cpu")
     return backend, device, device.type == "cuda"
-
-
-def message_specs(net, x, y):
-    """(shape, dtype) of every stage's output for batch (x, y), and of the labels y, from a
-    checked dry run (``LocalNet.check_batch``: the sequential runner's input checks)."""
-    return net.check_batch(x, y), (tuple(y.shape), y.dtype)
 
 
 def drive(program, links, timer, t0, timeline, on_step=None):
@@ -265,7 +275,7 @@ def merge(parts, job, replicas=1, order="replicas-together"):
 
 
 def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, device="auto",
-                    progress=False, replicas=1, order="replicas-together"):
+                    progress=False, replicas=1, order="replicas-together", *, options=None):
     """Run a Job (or a list of Jobs with the same number of stages, one after another in one
     process group) with one process per stage and replica; returns a RunResult (or a list).
 
@@ -279,7 +289,8 @@ def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, 
     average may take. device "cpu" keeps every stage on the CPU where GPUs exist
     (e.g. to compare bitwise with a CPU run). progress: a bar of the steps every stage has
     finished. Raises WorkerError (the stage that failed first, then what followed) if a worker
-    fails, dies or hangs.
+    fails, dies or hangs. options: an ``Options`` with all of these settings at once (the object
+    ``run_pipeline`` and the CLI take too), instead of the keywords.
     """
     single = isinstance(jobs, Job)
     jobs = [jobs] if single else list(jobs)
@@ -290,12 +301,15 @@ def run_distributed(jobs, backend="auto", window=2, timeout=60.0, threads=None, 
     if any(j.plan.n_stages != K for j in jobs):
         raise ValueError(f"run_distributed: all jobs must have the same number of stages, got "
                          f"{[j.plan.n_stages for j in jobs]}")
-    opts = Options(backend, window, timeout, threads, device, replicas, order)
+    opts = options_from("run_distributed", options, backend=backend, window=window,
+                        timeout=timeout, threads=threads, device=device, replicas=replicas,
+                        order=order)
+    replicas = opts.replicas
     for job in jobs:
         job.check_portable("run_distributed")
         if replicas > 1:
             check_replicas("run_distributed", replicas, job.batches(0)[0].shape[0])
-    opts = replace(opts, order=resolve_order(order, jobs, replicas))  # once, here: not per rank
+    opts = replace(opts, order=resolve_order(opts.order, jobs, replicas))  # once, here: not per rank
     layout = Layout(K, replicas, opts.order)
     bar = tqdm(total=sum(j.n_steps for j in jobs), desc="distributed", disable=not progress)
 

@@ -13,6 +13,7 @@ makespan for balanced stages, for both schedules (1F1B saves memory, not time).
 import os
 import time
 import warnings
+from dataclasses import replace
 from datetime import timedelta
 
 import torch
@@ -20,9 +21,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ..local import cross_entropy
-from .distributed import STARTUP_S, Options, backend_and_device
+from .distributed import STARTUP_S, backend_and_device, options_from
 from .job import RunResult
 from .launch import launch
+from .layout import resolve_order
 from .mesh import Averager, Layout, check_replicas, device_mesh, shard
 from .timeline import Event, fill_idle
 
@@ -122,7 +124,7 @@ def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
         device = torch.device("cpu")  # pipelining sends the stage's own tensors: keep them on CPU
     dist.init_process_group(backend, timeout=timedelta(seconds=max(opts.timeout, STARTUP_S)),
                             rank=rank, world_size=world)
-    layout = Layout(world // opts.replicas, opts.replicas)
+    layout = Layout(world // opts.replicas, opts.replicas, opts.order)
     groups = (None, None)
     if layout.D > 1:
         mesh = device_mesh(layout, backend)
@@ -137,7 +139,7 @@ def pipeline_worker(rank, world, job, schedules, n_microbatches, opts):
 
 
 def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", timeout=60.0,
-                 threads=None, device="auto", replicas=1):
+                 threads=None, device="auto", replicas=1, *, options=None):
     """Backprop on ``job``'s model as a K-stage pipeline, once per schedule ("gpipe", "1f1b").
 
     replicas: D data-parallel pipelines (K·D processes); replica r pipelines shard r of each
@@ -145,7 +147,13 @@ def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", tim
     replicas before the update. Returns {name: RunResult}: history holds the output loss,
     ``grads`` the first step's gradients named as in ``nn.Sequential(*pipeline_model(job))``,
     the timeline has every rank's events (one row per stage and replica) with its idle gaps.
+    options: an ``Options`` holding backend, timeout, threads, device, replicas and the rank
+    order at once (the one object ``run_distributed`` and the CLI take too), instead of the
+    keywords.
     """
+    opts = options_from("run_pipeline", options, backend=backend, timeout=timeout,
+                        threads=threads, device=device, replicas=replicas)
+    replicas = opts.replicas
     schedules = [schedules] if isinstance(schedules, str) else list(schedules)
     bad = [s for s in schedules if s not in SCHEDULES]
     if bad or not schedules:
@@ -163,10 +171,10 @@ def run_pipeline(job, schedules=SCHEDULES, n_microbatches=4, backend="auto", tim
                          "(for data-parallel backprop alone use run_distributed(job, "
                          "replicas=D) with Plan.backprop)")
     job.check_portable("run_pipeline")
-    layout = Layout(K, replicas)
-    parts = launch(pipeline_worker, (job, schedules, n_microbatches,
-                                     Options(backend, 1, timeout, threads, device, replicas)),
-                   layout.world, names=layout.names())
+    opts = replace(opts, order=resolve_order(opts.order, [job], replicas))  # the send window: unused
+    layout = Layout(K, replicas, opts.order)
+    parts = launch(pipeline_worker, (job, schedules, n_microbatches, opts), layout.world,
+                   names=layout.names())
     out = {}
     for i, name in enumerate(schedules):
         ranks = [parts[layout.rank(s, 0)][i] for s in range(K)]  # replica 0 of each stage
