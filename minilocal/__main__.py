@@ -25,12 +25,10 @@ within a machine only.
 import argparse
 import atexit
 import functools
-import importlib
 import json
 import math
 import os
 import sys
-import threading
 
 EPILOG = """launchers:
   python -m minilocal train ...                 starts one process per stage itself
@@ -285,7 +283,7 @@ def _report(args, job, result):
              f"{K} process(es)") if args.runner == "distributed" else f"the {args.runner} runner"
     print(f"{job.plan!r} on {where}: {job.n_steps} steps in {result.wall:.2f} s")
     x, y, name = _test_set(args, job)
-    test_loss, test_acc = evaluate(result.load_into(job.build()), x, y)
+    test_loss, test_acc = evaluate(result.load_into(job.build(train=False)), x, y)
     util = utilization(result.timeline, K)
     print("stage  final loss  test loss  test acc  utilization")
     for s in range(K):
@@ -340,15 +338,9 @@ def train(args, job):
             order = parts[0][0]["stats"]["order"]
             _report(args, job, merge([p[0] for p in parts], job, args.replicas, order))
         return None
-    # The report builds the net, whose optimizers import torch._dynamo (~1 s): import it while
-    # this process only waits for the workers, and finish before the report (no import races)
-    dynamo = threading.Thread(target=importlib.import_module, args=("torch._dynamo",), daemon=True)
-    dynamo.start()
-    try:
-        result = run_distributed(job, progress=True, options=opts)
-    finally:
-        dynamo.join()
-    return _report(args, job, result)
+    # the report evaluates a net built without optimizers (job.build(train=False)): this
+    # process never imports torch._dynamo (~1 s of CPU that the workers need more)
+    return _report(args, job, run_distributed(job, progress=True, options=opts))
 
 
 def main(argv=None):

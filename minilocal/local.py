@@ -55,8 +55,10 @@ class LocalNet(nn.Module):
 
     blocks: list of nn.Module (L of them, chained); heads: one nn.Module per stage, head s reads the
     output of stage s's last block. ``optimizer``: a factory ``params -> torch.optim.Optimizer``
-    (or an optimizer class), called once per stage. ``devices``: one device per stage, or one
-    device for all (default CPU).
+    (or an optimizer class), called once per stage; ``None``: no optimizers, a net for evaluation
+    and ``local_backward`` only (``train_step`` refuses; it builds fast, since the first optimizer
+    is what imports ``torch._dynamo``). ``devices``: one device per stage, or one device for all
+    (default CPU).
 
     ``fast=True``: every stage updates at the end of the step in one optimizer step over all
     stages' parameters (``net.optimizer``, fused or multi-tensor; stages have no optimizer of
@@ -67,18 +69,21 @@ class LocalNet(nn.Module):
     """
 
     def __init__(self, blocks: Iterable[nn.Module], heads: Iterable[nn.Module], plan: Plan,
-                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] = default_optimizer,
+                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = default_optimizer,
                  devices: str | torch.device | Iterable[str | torch.device] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
                  fast: bool = False) -> None:
         super().__init__()
         if not isinstance(plan, Plan):
             raise TypeError(f"LocalNet: plan must be a minilocal.Plan, got {type(plan).__name__}")
-        if not callable(optimizer):
+        if optimizer is not None and not callable(optimizer):
             raise TypeError(f"LocalNet: optimizer must be a factory params -> torch.optim.Optimizer, "
-                            f"e.g. lambda ps: torch.optim.SGD(ps, lr=0.1); got {optimizer!r}")
+                            f"e.g. lambda ps: torch.optim.SGD(ps, lr=0.1), or None; got {optimizer!r}")
         if not isinstance(fast, bool):
             raise TypeError(f"LocalNet: fast must be True or False, got {fast!r}")
+        if fast and optimizer is None:
+            raise ValueError("LocalNet: fast=True steps the stages' optimizers as one, but "
+                             "optimizer=None builds none; give an optimizer factory")
         blocks, heads = list(blocks), list(heads)
         check_modules(blocks, heads, plan)
         devices = check_devices(devices, plan.n_stages)
@@ -90,8 +95,9 @@ class LocalNet(nn.Module):
             modules = [*(self.blocks[b] for b in idx), self.heads[s]]
             for m in modules:
                 m.to(devices[s])
-            opt = optimizer(list(dict.fromkeys(p for m in modules for p in m.parameters())))  # tied: once
-            if not isinstance(opt, torch.optim.Optimizer):
+            params = list(dict.fromkeys(p for m in modules for p in m.parameters()))  # tied: once
+            opt = None if optimizer is None else optimizer(params)
+            if optimizer is not None and not isinstance(opt, torch.optim.Optimizer):
                 raise TypeError(f"LocalNet: optimizer(params) for stage {s} returned "
                                 f"{type(opt).__name__}, expected a torch.optim.Optimizer")
             self.stages.append(Stage(s, modules[:-1], modules[-1], opt, plan.reach(s), devices[s],
@@ -115,7 +121,14 @@ class LocalNet(nn.Module):
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimizer of the net: one per stage, or the one of ``fast=True``."""
-        return [self.optimizer] if self.fast else [stage.optimizer for stage in self.stages]
+        if self.fast:
+            return [self.optimizer]
+        return [stage.optimizer for stage in self.stages if stage.optimizer is not None]
+
+    @property
+    def trainable(self) -> bool:
+        """Whether the net has optimizers to train with (False when built with optimizer=None)."""
+        return self.fast or any(stage.optimizer is not None for stage in self.stages)
 
     def _apply(self, fn, *args, **kwargs):
         """``net.to(...)``, ``.cuda()``, ``.double()`` move every module at once; afterwards each
@@ -125,7 +138,10 @@ class LocalNet(nn.Module):
         stages = getattr(self, "stages", [])
         for stage in stages:
             opt = stage.optimizer or self.optimizer
-            held = {id(p) for group in opt.param_groups for p in group["params"]}
+            if opt is None:  # built with optimizer=None: nothing holds the parameters
+                held = {id(p) for p in stage.parameters()}
+            else:
+                held = {id(p) for group in opt.param_groups for p in group["params"]}
             mine = {id(p) for p in stage.parameters()}
             if (mine != held) if stage.optimizer else not mine <= held:
                 raise RuntimeError(f"LocalNet: this conversion replaced stage {stage.index}'s "
@@ -228,6 +244,7 @@ class LocalNet(nn.Module):
 
     def step(self) -> None:
         """Every stage's optimizer step; clears grads and kept graphs."""
+        self._check_trainable("step")
         if not self.fast:
             for stage in self.stages:
                 stage.update()
@@ -245,7 +262,14 @@ class LocalNet(nn.Module):
         still in cache (as a pipeline would); a non-finite loss stops the step before its
         stage's update. With ``fast=True`` all stages update at the end, in one step.
         """
+        self._check_trainable("train_step")
         return self._run(x, y, update=True)
+
+    def _check_trainable(self, what):
+        if not self.trainable:
+            raise RuntimeError(f"LocalNet.{what}: this net was built with optimizer=None, for "
+                               f"evaluation and local_backward only; build it with an optimizer "
+                               f"factory (the default is Adam) to train")
 
     def _through(self, x, every_head):
         outs, h = [], x

@@ -122,6 +122,9 @@ def check_fit(net: LocalNet, data: Mapping[str, np.ndarray | torch.Tensor], step
     """Every argument check of ``fit`` that needs no step: returns (x, y, x_test, y_test, steps)."""
     if not isinstance(net, LocalNet):
         raise TypeError(f"fit: net must be a minilocal.LocalNet, got {type(net).__name__}")
+    if not net.trainable:
+        raise ValueError("fit: the net was built with optimizer=None (evaluation only); build it "
+                         "with an optimizer factory to train it")
     x, y, x_test, y_test = _tensors(data)
     n = len(x)
     for name, value in (("batch_size", batch_size), ("eval_every", eval_every),

@@ -564,3 +564,35 @@ def test_fast_optimizer_state_follows_a_conversion():
     a.double()
     xd = x.double()
     assert a.train_step(xd, y) == b.train_step(xd, y)
+
+
+# --- a net without optimizers: evaluation and local_backward only ------------------------------
+def test_a_net_without_optimizers_evaluates_and_backpropagates_like_one_with_them():
+    plan = Plan.overlapping(3)
+    with_opt, without = LocalNet(*mlp(plan), plan), LocalNet(*mlp(plan), plan, optimizer=None)
+    assert with_opt.trainable and not without.trainable and without.optimizers == []
+    x, y = torch.randn(16, 40, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 10
+    assert all(torch.equal(a, b) for a, b in zip(with_opt.stage_outputs(x),
+                                                 without.stage_outputs(x)))
+    assert with_opt.local_backward(x, y) == without.local_backward(x, y)
+    for a, b in zip(with_opt.parameters(), without.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    without.to(torch.float64)  # a conversion needs no optimizer to follow it
+    assert all(p.dtype == torch.float64 for p in without.parameters())
+    for call in (lambda: without.train_step(x.double(), y), without.step):
+        with pytest.raises(RuntimeError, match="built with optimizer=None, for evaluation and "
+                                               "local_backward only"):
+            call()
+    with pytest.raises(ValueError, match="fast=True steps the stages' optimizers as one"):
+        LocalNet(*mlp(plan), plan, optimizer=None, fast=True)
+
+
+def test_a_net_without_optimizers_never_imports_torch_dynamo():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from minilocal import LocalNet, Plan, models; p = Plan.greedy(2); "
+            "net = LocalNet(*models.mlp(p), p, optimizer=None); net.local_backward("
+            "torch.randn(4, 40), torch.arange(4)); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the first optimizer is what imports it (~1 s)

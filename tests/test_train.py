@@ -320,3 +320,11 @@ def test_fast_net_schedules_checkpoints_and_resumes_bitwise(toy_data, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
     with pytest.raises(ValueError, match="written with optimizer="):
         fit(net_for(plan), toy_data, checkpoint=path, resume=True, **kwargs)
+
+
+def test_fit_refuses_a_net_built_without_optimizers(toy_data):
+    plan = Plan.greedy(2)
+    blocks = [Dense(40 if b == 0 else 16, 16, 0.0) for b in range(plan.n_blocks)]
+    net = LocalNet(blocks, [nn.Linear(16, 3) for _ in range(plan.n_stages)], plan, optimizer=None)
+    with pytest.raises(ValueError, match=r"built with optimizer=None \(evaluation only\)"):
+        fit(net, toy_data, steps=1, progress=False)

@@ -175,10 +175,12 @@ class Job:
         """A copy with some fields changed (e.g. ``job.replace(delay=1)``)."""
         return dataclasses.replace(self, **changes)
 
-    def build(self, devices=None):
-        """A fresh LocalNet with the recipe's initial weights (identical on every rank)."""
+    def build(self, devices=None, train=True):
+        """A fresh LocalNet with the recipe's initial weights (identical on every rank).
+        ``train=False``: without optimizers, to evaluate final weights (``RunResult.load_into``)."""
         blocks, heads = self.model.build(self.plan)
-        return LocalNet(blocks, heads, self.plan, optimizer=self.optimizer, devices=devices)
+        return LocalNet(blocks, heads, self.plan, optimizer=self.optimizer if train else None,
+                        devices=devices)
 
     def check_portable(self, where):
         """Refuse recipes that worker processes cannot rebuild: code defined in a notebook or in

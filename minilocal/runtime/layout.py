@@ -129,7 +129,7 @@ def traffic(job, D):
     its D ranks together, 2·(D-1)·P_s; "messages": per link s -> s+1, the bytes its D replicas
     send both ways (activation + labels, plus the backward message where s+1's loss reaches s)}.
     From one build of the model and a checked dry run of replica 0's shard of batch 0."""
-    net = job.build()
+    net = job.build(train=False)  # sizes and one dry pass: no optimizers needed
     x, y = shard(job.batches(0), 0, D)
     specs = net.check_batch(x, y)
     size = lambda spec: int(torch.Size(spec[0]).numel()) * \
