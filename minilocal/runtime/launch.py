@@ -34,7 +34,6 @@ import re
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -79,6 +78,14 @@ def gloo_words(error):
     return text.split(" This is typically caused")[0]
 
 
+def peer_failure(e, peer, timed_out, failed):
+    """The error for gloo's ``e`` on an operation with ``peer``: ``PeerTimeout(timed_out)`` when
+    it timed out, else ``PeerError`` with ``failed`` and gloo's own words."""
+    if "timed out" in str(e).lower():
+        return PeerTimeout(timed_out, peer)
+    return PeerError(f"{failed}: {gloo_words(e)}", peer)
+
+
 def free_port():
     """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket() as s:
@@ -103,21 +110,13 @@ def launcher_pid():
     return _launcher
 
 
-def watch_parent(what="parent", every_s=0.2):
-    """Exit this process as soon as its parent dies (a daemon thread polls the parent's pid).
+def watch_parent(what="parent"):
+    """Exit this process as soon as its parent dies (``start_method.exit_when_gone``: a pidfd, or
+    polling where there is none).
 
     For workers someone else started (torchrun's agent): a thread works however the parent
     started us, where PR_SET_PDEATHSIG would fire when the parent's starting *thread* ends."""
-    parent = os.getppid()
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(every_s)
-        sys.stderr.write(f"minilocal worker (pid {os.getpid()}): the {what} (pid {parent}) "
-                         f"died; exiting so no orphan keeps training\n")
-        sys.stderr.flush()
-        os._exit(1)
-    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+    start.exit_when_gone(os.getppid(), what)
 
 
 def _is_consequence(e):

@@ -8,7 +8,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .launch import PeerError, PeerTimeout, beat, gloo_words
+from .launch import beat, peer_failure
 from .layout import Layout
 from .timeline import Event
 from .wire import MessageLayout
@@ -107,12 +107,10 @@ class Links:
     def _failure(self, e, kind, c, peer, step):
         """The PeerError (or PeerTimeout) for gloo's error ``e`` on a message to or from peer."""
         me, them, what = self.layout.name(self.rank), self.layout.name(peer), self.WHAT[(kind, c)]
-        if "timed out" in str(e).lower():
-            return PeerTimeout(f"{me} timed out after {self.opts.timeout:g} s waiting to "
-                               f"{what} step {step} (peer: {them}); is that stage stuck or "
-                               f"dead? Slow stages need a larger timeout", peer)
-        return PeerError(f"{me} could not {what} step {step} (peer: {them}): {gloo_words(e)}",
-                         peer)
+        return peer_failure(e, peer, f"{me} timed out after {self.opts.timeout:g} s waiting to "
+                                     f"{what} step {step} (peer: {them}); is that stage stuck or "
+                                     f"dead? Slow stages need a larger timeout",
+                            f"{me} could not {what} step {step} (peer: {them})")
 
     def recv(self, c, step):
         """The message of ``step`` on channel c: (activation, labels) for "act", else a tensor."""

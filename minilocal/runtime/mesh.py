@@ -33,7 +33,7 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from ..guards import check_labels, check_modules
 from ..local import LocalNet, Stage, forward_blocks, head_logits, cross_entropy
-from .launch import PeerError, PeerTimeout, gloo_words
+from .launch import peer_failure
 from .layout import (ORDERS, Layout, check_order, check_replicas, choose_order,  # noqa: F401
                      param_bytes, resolve_order, shard, traffic)
 
@@ -186,9 +186,7 @@ class Averager:
         who = self.layout.name(self.rank)
         peers = ", ".join(self.layout.name(q) for q in self.others)
         peer = self.others[0] if len(self.others) == 1 else tuple(self.others)
-        if "timed out" in str(e).lower():
-            return PeerTimeout(f"{who} timed out after {self.timeout:g} s waiting to average "
-                               f"the gradients of step {step} with {peers}; is one of them "
-                               f"stuck or dead? Slow replicas need a larger timeout", peer)
-        return PeerError(f"{who} could not average the gradients of step {step} with {peers}: "
-                         f"{gloo_words(e)}", peer)
+        return peer_failure(e, peer, f"{who} timed out after {self.timeout:g} s waiting to average "
+                                     f"the gradients of step {step} with {peers}; is one of them "
+                                     f"stuck or dead? Slow replicas need a larger timeout",
+                            f"{who} could not average the gradients of step {step} with {peers}")
