@@ -16,26 +16,23 @@ widget is asked for.
 """
 import importlib
 
-_LAZY = {
-    "stage_color": "style", "method_color": "style", "KIND_COLORS": "style",
-    "plot_plan": "plots", "plot_history": "plots", "plot_compare": "plots",
-    "final_metrics": "plots", "output_curve": "plots",
-    "plot_scaling": "pareto", "plot_loss_vs_time": "pareto",
-    "plot_similarity": "similarity",
-    "plot_timeline": "..runtime.timeline", "plot_timelines": "..runtime.timeline",
-    "plot_utilization": "..runtime.timeline",
-    "plan_explorer": "widgets", "show_plan": "widgets", "plan_png": "widgets",
-    "Dashboard": "dashboard",
+_MODULES = {  # where each name lives: loaded on first use
+    "minilocal.viz.style": ("stage_color", "method_color", "KIND_COLORS"),
+    "minilocal.viz.plots": ("plot_plan", "plot_history", "plot_compare", "final_metrics",
+                            "output_curve"),
+    "minilocal.viz.pareto": ("plot_scaling", "plot_loss_vs_time"),
+    "minilocal.viz.similarity": ("plot_similarity",),
+    "minilocal.runtime.timeline": ("plot_timeline", "plot_timelines", "plot_utilization"),
+    "minilocal.viz.widgets": ("plan_explorer", "show_plan", "plan_png"),
+    "minilocal.viz.dashboard": ("Dashboard",),
 }
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name):
     if name in _LAZY:
-        where = _LAZY[name]
-        module = importlib.import_module(where[1:] if where.startswith("..") else f".{where}",
-                                         "minilocal" if where.startswith("..") else __name__)
-        return getattr(module, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
