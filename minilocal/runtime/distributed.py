@@ -115,7 +115,6 @@ class Options:
         check_order("run_distributed", self.order)
 
 
-
 def options_from(where, options, **given):
     """The run's Options: ``options`` itself, or one made from the keyword arguments ``given``
     (each runner's own keywords). Giving both is refused, naming the keywords that clash."""
@@ -130,6 +129,7 @@ def options_from(where, options, **given):
         raise ValueError(f"{where}: give the run's settings either as options=Options(...) or as "
                          f"keywords, not both: got options and {', '.join(clash)}")
     return options
+
 
 def backend_and_device(opts, world):
     """(backend, device, staging) for this process from LOCAL_RANK and the GPUs on its node."""
