@@ -25,6 +25,9 @@ from .stage import (Stage, StepResult, _forward_blocks, _head, _local_loss,  # n
 PER_PARAMETER = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]  # params -> optimizer
+
+
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Adam:
     """Adam, lr 1e-3: what LocalNet gives each stage unless told otherwise."""
     return torch.optim.Adam(params, lr=1e-3)
@@ -69,7 +72,7 @@ class LocalNet(nn.Module):
     """
 
     def __init__(self, blocks: Iterable[nn.Module], heads: Iterable[nn.Module], plan: Plan,
-                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = default_optimizer,
+                 optimizer: OptimizerFactory | None = default_optimizer,
                  devices: str | torch.device | Iterable[str | torch.device] | None = None,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
                  fast: bool = False) -> None:
@@ -78,7 +81,8 @@ class LocalNet(nn.Module):
             raise TypeError(f"LocalNet: plan must be a minilocal.Plan, got {type(plan).__name__}")
         if optimizer is not None and not callable(optimizer):
             raise TypeError(f"LocalNet: optimizer must be a factory params -> torch.optim.Optimizer, "
-                            f"e.g. lambda ps: torch.optim.SGD(ps, lr=0.1), or None; got {optimizer!r}")
+                            f"e.g. lambda ps: torch.optim.SGD(ps, lr=0.1), or None; "
+                            f"got {optimizer!r}")
         if not isinstance(fast, bool):
             raise TypeError(f"LocalNet: fast must be True or False, got {fast!r}")
         if fast and optimizer is None:
@@ -137,13 +141,10 @@ class LocalNet(nn.Module):
         super()._apply(fn, *args, **kwargs)
         stages = getattr(self, "stages", [])
         for stage in stages:
-            opt = stage.optimizer or self.optimizer
-            if opt is None:  # built with optimizer=None: nothing holds the parameters
-                held = {id(p) for p in stage.parameters()}
-            else:
-                held = {id(p) for group in opt.param_groups for p in group["params"]}
+            opt = stage.optimizer or self.optimizer  # None: built with optimizer=None
+            held = opt and {id(p) for group in opt.param_groups for p in group["params"]}
             mine = {id(p) for p in stage.parameters()}
-            if (mine != held) if stage.optimizer else not mine <= held:
+            if opt and ((mine != held) if stage.optimizer else not mine <= held):
                 raise RuntimeError(f"LocalNet: this conversion replaced stage {stage.index}'s "
                                    f"parameters with new tensors (a move to 'meta' does), so its "
                                    f"optimizer no longer holds them; build the LocalNet with "

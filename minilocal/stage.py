@@ -78,8 +78,8 @@ class Stage:
         if self.optimizer is None:
             raise RuntimeError(f"stage {self.index} has no optimizer of its own: its LocalNet "
                                f"was built with fast=True, one optimizer step over all stages "
-                               f"(net.step()); build it without fast=True to update stages one "
-                               f"by one")
+                               f"(net.step()), or with optimizer=None, for evaluation only; "
+                               f"build it without fast=True to update stages one by one")
         if self._loss is not None and not math.isfinite(float(self._loss)):
             loss = float(self._loss)
             self.discard()
